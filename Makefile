@@ -1,0 +1,43 @@
+# The front door. `make demo` and `make test` each set up .venv themselves from a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+SNAKEMAKE := $(BIN)/snakemake --cores $(CORES)
+
+.PHONY: demo test paper fashion report lint dry-run clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the project's dependencies change.
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed  ## the whole DAG on synthetic data, on CPU, in minutes
+	$(SNAKEMAKE) --configfile config/quick.yaml
+	$(SNAKEMAKE) --configfile config/quick.yaml --report results/synthetic/report.html
+	@echo "results: results/synthetic/  report: results/synthetic/report.html"
+
+test: $(VENV)/.installed  ## the test suite (CPU)
+	$(BIN)/pytest -q
+
+paper: $(VENV)/.installed  ## the paper's CIFAR-100 experiments (GPU; set CORES)
+	$(SNAKEMAKE) --use-conda
+
+fashion: $(VENV)/.installed  ## the main experiment on Fashion-MNIST (GPU, minutes)
+	$(SNAKEMAKE) --configfile config/fashion.yaml
+
+report: $(VENV)/.installed  ## report.html of the default config's results
+	$(SNAKEMAKE) --report results/cifar100/report.html
+
+lint: $(VENV)/.installed
+	$(BIN)/snakemake --lint
+
+dry-run: $(VENV)/.installed
+	$(SNAKEMAKE) -n
+
+clean:
+	rm -rf results logs data/synthetic.pt .snakemake

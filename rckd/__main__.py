@@ -1,0 +1,3 @@
+from rckd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""GPU slot claims: several training jobs share a machine's GPUs without a scheduler's help.
+
+Snakemake does not set CUDA_VISIBLE_DEVICES, so a job claims a free (gpu, slot) pair itself by taking
+an exclusive `flock` on a lock file. The kernel drops the lock when the process exits or crashes, so
+a killed job's slot is free again at once; no stale lock files to clean up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+DEFAULT_LOCK_DIR = Path(os.environ.get("RCKD_GPU_LOCK_DIR", "/tmp/rckd-gpu-locks"))
+
+
+@dataclass
+class GpuSlot:
+    gpu: int
+    slot: int
+    handle: IO[str]
+
+    def release(self) -> None:
+        if not self.handle.closed:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+
+
+def try_claim(num_gpus: int, slots_per_gpu: int, lock_dir: Path = DEFAULT_LOCK_DIR) -> GpuSlot | None:
+    """Claim the first free slot, filling slot 0 of every GPU before slot 1 so load spreads out."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for slot in range(slots_per_gpu):
+        for gpu in range(num_gpus):
+            handle = open(lock_dir / f"gpu{gpu}-slot{slot}.lock", "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            return GpuSlot(gpu, slot, handle)
+    return None
+
+
+def claim(
+    num_gpus: int,
+    slots_per_gpu: int,
+    lock_dir: Path = DEFAULT_LOCK_DIR,
+    timeout: float | None = None,
+    poll: float = 1.0,
+) -> GpuSlot:
+    """Wait until a slot is free (forever unless `timeout` seconds pass, then TimeoutError)."""
+    if num_gpus < 1 or slots_per_gpu < 1:
+        raise ValueError(f"need at least one GPU and one slot per GPU, got {num_gpus} and {slots_per_gpu}")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        slot = try_claim(num_gpus, slots_per_gpu, lock_dir)
+        if slot is not None:
+            return slot
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"no free GPU slot among {num_gpus} GPUs x {slots_per_gpu} slots in {lock_dir}")
+        time.sleep(poll)

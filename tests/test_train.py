@@ -1,0 +1,188 @@
+"""The trainer on CPU: it learns, distils with every method, resumes bit for bit, and fails clearly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rckd import data
+from rckd.checkpoint import load_model, load_torch
+from rckd.cli import main as cli
+from rckd.errors import RckdError
+from rckd.train import TrainConfig, lr_at, train
+
+ROOT = Path(__file__).resolve().parents[1]
+# 20 classes in 5 superclasses, 16x16 images: small enough for seconds per epoch on one core.
+OPTIONS = {"num_superclasses": 5, "classes_per_superclass": 4, "train_per_class": 40, "test_per_class": 20,
+           "image_size": 16, "seed": 0}
+OPTION_ARGS = [arg for key, value in OPTIONS.items() for arg in ("--data-option", f"{key}={value}")]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    data.prepare("synthetic", root, **OPTIONS)
+    return root
+
+
+def config(data_root: Path, out: Path, **changes) -> TrainConfig:
+    settings = dict(arch="resnet8", dataset="synthetic", data_root=data_root, out=out, data_options=OPTIONS,
+                    epochs=2, milestones=(1,), device="cpu", checkpoint_every=1)
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def teacher(data_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("teacher")
+    train(config(data_root, out, arch="resnet14", epochs=6, milestones=(5,)))
+    return out / "model.pt"
+
+
+def read_history(run: Path) -> list[dict[str, str]]:
+    with open(run / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_step_schedule():
+    cfg = TrainConfig(arch="resnet8", dataset="synthetic", data_root=Path(), out=Path(), lr=0.05,
+                      milestones=(150, 180, 210))
+    assert [lr_at(cfg, epoch) for epoch in (0, 149, 150, 179, 180, 210, 239)] == pytest.approx(
+        [0.05, 0.05, 0.005, 0.005, 0.0005, 0.00005, 0.00005])
+
+
+def test_teacher_learns_and_writes_its_run_directory(teacher):
+    run = teacher.parent
+    model, meta = load_model(teacher)
+    metrics = json.loads((run / "metrics.json").read_text())
+    history = read_history(run)
+    chance = 100 / 20
+    assert metrics["best_top1"] > 4 * chance, metrics
+    assert metrics["final_top1"] == float(history[-1]["test_top1"])
+    assert metrics["best_top1"] == max(float(row["test_top1"]) for row in history)
+    assert [int(row["epoch"]) for row in history] == list(range(1, 7))
+    assert [float(row["lr"]) for row in history] == pytest.approx([0.05] * 5 + [0.005])
+    assert meta["arch"] == "resnet14" and meta["num_classes"] == 20 and meta["input_size"] == [3, 16, 16]
+    assert meta["method"] == "ce" and meta["teacher"] is None and len(meta["classes"]) == 20
+    assert metrics["num_params"] == sum(p.numel() for p in model.parameters())
+    assert not (run / "resume.pt").exists()  # a finished run drops its resume checkpoint
+
+
+@pytest.mark.parametrize("method", ["kd", "dkd", "dist", "rckd"])
+def test_distillation_runs_for_every_method(data_root, teacher, tmp_path, method):
+    metrics = train(config(data_root, tmp_path, method=method, teacher=teacher, epochs=1))
+    history = read_history(tmp_path)
+    terms = {"kd": {"ce", "kd"}, "dkd": {"ce", "tckd", "nckd"}, "dist": {"ce", "inter", "intra"},
+             "rckd": {"ce", "kd", "rc"}}[method]
+    assert {key[5:] for key in history[0] if key.startswith("loss_")} == terms
+    assert -1 <= float(history[0]["tau_nt"]) <= 1
+    assert metrics["teacher_arch"] == "resnet14" and metrics["method"] == method
+    _, meta = load_model(tmp_path / "model.pt")
+    assert meta["teacher"] == str(teacher) and meta["params"]["T"] == 4
+
+
+def run_cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "rckd", "train", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_killed_run_resumes_to_the_same_weights(data_root, teacher, tmp_path):
+    args = ["--arch", "resnet8", "--dataset", "synthetic", "--data-root", str(data_root), *OPTION_ARGS,
+            "--method", "rckd", "--teacher", str(teacher), "--epochs", "6", "--milestones", "3",
+            "--device", "cpu", "--threads", "1", "--checkpoint-every", "1"]
+    whole = run_cli(*args, "--out", str(tmp_path / "whole"))
+    assert whole.wait(timeout=600) == 0, whole.stdout.read()
+
+    killed_dir = tmp_path / "killed"
+    killed = run_cli(*args, "--out", str(killed_dir))
+    deadline = time.monotonic() + 600
+    while not (killed_dir / "resume.pt").exists() or load_torch(killed_dir / "resume.pt")["epoch"] < 2:
+        assert killed.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert not (killed_dir / "model.pt").exists()
+
+    resumed = run_cli(*args, "--out", str(killed_dir))
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    assert "resuming" in output
+    expected = load_torch(tmp_path / "whole" / "model.pt")["state_dict"]
+    actual = load_torch(killed_dir / "model.pt")["state_dict"]
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    assert read_history(killed_dir) == [
+        {**row, "seconds": resumed_row["seconds"]}
+        for row, resumed_row in zip(read_history(tmp_path / "whole"), read_history(killed_dir))
+    ]
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(data_root, tmp_path):
+    train(config(data_root, tmp_path, epochs=2))
+    state = load_torch(tmp_path / "model.pt")  # the run finished; plant a resume file of another run
+    torch.save({"config": {"arch": "other"}, **state}, tmp_path / "resume.pt")
+    with pytest.raises(RckdError, match="different run configuration"):
+        train(config(data_root, tmp_path, epochs=3))
+
+
+def test_corrupt_teacher_checkpoint_is_a_clear_error(data_root, tmp_path, capsys):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"\x80\x04not a checkpoint at all")
+    status = cli(["train", "--arch", "resnet8", "--dataset", "synthetic", "--data-root", str(data_root),
+                  *OPTION_ARGS, "--method", "kd", "--teacher", str(broken), "--epochs", "1", "--device", "cpu",
+                  "--out", str(tmp_path / "run")])
+    assert status == 2
+    message = capsys.readouterr().err
+    assert "corrupt" in message and str(broken) in message and "Traceback" not in message
+
+
+def test_truncated_teacher_checkpoint_is_a_clear_error(data_root, teacher, tmp_path):
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(teacher.read_bytes()[:5000])
+    with pytest.raises(RckdError, match="corrupt"):
+        train(config(data_root, tmp_path / "run", method="kd", teacher=truncated))
+
+
+def test_missing_teacher_is_a_clear_error(data_root, tmp_path):
+    with pytest.raises(RckdError, match="not found"):
+        train(config(data_root, tmp_path, method="kd", teacher=tmp_path / "nope" / "model.pt"))
+    with pytest.raises(RckdError, match="--teacher"):
+        train(config(data_root, tmp_path, method="rckd"))
+
+
+def test_teacher_of_another_data_set_is_refused(data_root, teacher, tmp_path):
+    other = {**OPTIONS, "classes_per_superclass": 2}
+    other_root = tmp_path / "other"
+    data.prepare("synthetic", other_root, **other)
+    with pytest.raises(RckdError, match="num_classes"):
+        train(config(other_root, tmp_path / "run", data_options=other, method="kd", teacher=teacher))
+
+
+def test_non_finite_loss_names_the_epoch_and_term(data_root, tmp_path):
+    with pytest.raises(RckdError, match=r"non-finite loss in epoch 1: term\(s\) ce"):
+        train(config(data_root, tmp_path, lr=1e30, milestones=()))
+    assert not (tmp_path / "model.pt").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"arch": "resnet999"}, "unknown arch"),
+    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"milestones": (5, 3)}, "milestones must be increasing"),
+    ({"precision": "fp8"}, "precision must be"),
+    ({"method": "fitnet"}, "fitnet"),
+])
+def test_bad_settings_fail_before_training(data_root, tmp_path, change, message):
+    with pytest.raises(RckdError, match=message):
+        train(config(data_root, tmp_path, **change))
+    assert not (tmp_path / "history.csv").exists()

@@ -1,0 +1,90 @@
+PLOT_KINDS = {"main": "curves", "capacity": "capacity", "ablation": "ablation"}
+
+
+def experiment_outputs(name):
+    folder = f"{RESULTS}/{name}"
+    return [f"{folder}/summary.csv", f"{folder}/table.md", f"{folder}/table.csv", f"{folder}/{PLOT_KINDS[name]}.png"]
+
+
+def summary_inputs(wildcards):
+    runs = experiment_runs(wildcards.experiment)
+    return [f"{run.dir}/{name}" for run in runs for name in ("metrics.json", "eval.json")]
+
+
+rule summarize:
+    input:
+        summary_inputs,
+    output:
+        report(
+            f"{RESULTS}/{{experiment}}/summary.csv",
+            caption="../report/summary.rst",
+            category="{experiment}",
+            labels={"experiment": "{experiment}", "output": "summary"},
+        ),
+    params:
+        runs=lambda wildcards: " ".join(run.dir for run in experiment_runs(wildcards.experiment)),
+    log:
+        f"{LOGS}/summarize/{{experiment}}.log",
+    benchmark:
+        f"{LOGS}/benchmark/summarize/{{experiment}}.tsv"
+    conda:
+        "../../envs/rckd.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "{RCKD} summarize --experiment {wildcards.experiment} --runs {params.runs} --out {output} > {log} 2>&1"
+
+
+rule table:
+    input:
+        summary=f"{RESULTS}/{{experiment}}/summary.csv",
+        published=os.path.join(workflow.basedir, "config", "published.yaml"),
+    output:
+        md=f"{RESULTS}/{{experiment}}/table.md",
+        csv=report(
+            f"{RESULTS}/{{experiment}}/table.csv",
+            caption="../report/table.rst",
+            category="{experiment}",
+            labels={"experiment": "{experiment}", "output": "table"},
+        ),
+    log:
+        f"{LOGS}/table/{{experiment}}.log",
+    benchmark:
+        f"{LOGS}/benchmark/table/{{experiment}}.tsv"
+    conda:
+        "../../envs/rckd.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "{RCKD} table --experiment {wildcards.experiment} --summary {input.summary} "
+        "--published {input.published} --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
+
+
+rule plot:
+    input:
+        f"{RESULTS}/{{experiment}}/summary.csv",
+    output:
+        report(
+            f"{RESULTS}/{{experiment}}/{{kind}}.png",
+            caption="../report/{kind}.rst",
+            category="{experiment}",
+            labels={"experiment": "{experiment}", "output": "{kind}"},
+        ),
+    wildcard_constraints:
+        kind="curves|capacity|ablation",
+    log:
+        f"{LOGS}/plot/{{experiment}}-{{kind}}.log",
+    benchmark:
+        f"{LOGS}/benchmark/plot/{{experiment}}-{{kind}}.tsv"
+    conda:
+        "../../envs/rckd.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "{RCKD} plot --kind {wildcards.kind} --summary {input} --out {output} > {log} 2>&1"
