@@ -27,6 +27,7 @@ from tqdm import tqdm
 from rckd import __version__, data, losses, models
 from rckd.checkpoint import load_model, load_torch, save_model, save_torch
 from rckd.data.augment import TrainBatches, eval_batches
+from rckd.data.prepare import parse_option
 from rckd.errors import RckdError
 from rckd.io import write_json, write_text
 from rckd.metrics import kendall_tau
@@ -297,38 +298,16 @@ def _config_identity(config: TrainConfig) -> dict[str, Any]:
     return identity
 
 
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` strings -> dict, values as int, float, bool or str."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise RckdError(f"expected key=value, got {pair!r}")
-        options[key] = _parse_scalar(raw)
-    return options
-
-
-def _parse_scalar(raw: str) -> Any:
-    if raw.lower() in ("true", "false"):
-        return raw.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    return raw
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig(arch="", dataset="", data_root=Path(), out=Path())
     parser.add_argument("--arch", required=True, help="model name (rckd.models.available())")
     parser.add_argument("--dataset", required=True, help="data set name (rckd.data.DATASETS)")
     parser.add_argument("--data-root", required=True, type=Path, help="directory of the prepared data cache")
-    parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--data-option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
                         help="data set option (synthetic sizes, seed, difficulty); repeatable")
     parser.add_argument("--out", required=True, type=Path, help="run directory")
     parser.add_argument("--method", default="ce", help="loss: ce, kd, dkd, dist, rckd")
-    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--param", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
                         help="loss parameter, e.g. T=4 or beta=8; repeatable")
     parser.add_argument("--teacher", type=Path, help="teacher model.pt (distillation methods)")
     for name in ("epochs", "batch_size", "seed", "checkpoint_every", "eval_batch_size", "gpu_slots"):
@@ -348,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = TrainConfig(
         arch=args.arch, dataset=args.dataset, data_root=args.data_root, out=args.out, method=args.method,
-        params=parse_options(args.param), teacher=args.teacher, data_options=parse_options(args.data_option),
+        params=dict(args.param), teacher=args.teacher, data_options=dict(args.data_option),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, milestones=tuple(args.milestones), lr_decay=args.lr_decay,
         seed=args.seed, device=args.device, precision=args.precision, compile=args.compile,

@@ -145,7 +145,7 @@ def test_quick_dag_end_to_end(tmp_path):
     tiny = tmp_path / "tiny.yaml"
     tiny.write_text(
         "data: {options: {train_per_class: 20, test_per_class: 10}}\n"
-        "train: {epochs: 2, milestones: [1]}\n"
+        "train: {epochs: 2, milestones: [1], epochs_by_arch: {resnet8x4: 3}}\n"
         "bench: {batch_sizes: [1], warmup: 1, min_iters: 3, min_seconds: 0.0}\n"
         "export: {calibration_size: 16}\n"
     )

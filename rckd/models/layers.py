@@ -34,7 +34,12 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal convs (fan_out, ReLU gain), unit BatchNorm, small-normal linear layers."""
+    """Kaiming-normal convs (fan_out, ReLU gain), unit BatchNorm; linear layers keep PyTorch's default.
+
+    As in the RepDistiller zoo. A tiny classifier init (e.g. std 0.01) gives near-zero initial logits,
+    where scale-invariant losses (Pearson/cosine terms of DIST and RCKD) have gradients that grow as
+    1 / ||centred logits|| and blow the student up in its first steps.
+    """
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -42,7 +47,4 @@ def init_weights(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.01)
             nn.init.zeros_(module.bias)

@@ -1,16 +1,27 @@
 # Shared helpers: the runs each experiment needs, their directories, and the checks the JSON schema
 # cannot express (cross references between keys). Everything here is plain Python over `config`.
 import shlex
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
+
+sys.path.insert(0, str(Path(workflow.basedir).resolve()))
+from rckd import losses  # the loss defaults decide which runs are the same run
+from rckd.errors import RckdError
 
 DATASET = config["dataset"]
 RESULTS = f"{config['results']}/{DATASET}"
 LOGS = f"{config['logs']}/{DATASET}"
 DATA_CACHE = f"{config['data']['root']}/{DATASET}.pt"
-# Rules run the rckd package of this workflow's checkout, whatever else is installed.
-RCKD = f"PYTHONPATH={shlex.quote(str(Path(workflow.basedir).resolve()))}${{PYTHONPATH:+:$PYTHONPATH}} python -m rckd"
+# Rules run `python -m rckd` from this workflow's checkout, whatever else is installed: under
+# --use-conda with the conda env's python, otherwise with the python running snakemake (a venv's).
+USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+_checkout = shlex.quote(str(Path(workflow.basedir).resolve()))
+_python_dir = "" if USE_CONDA else f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; "
+# (braces doubled twice: once for this f-string, once for snakemake's own formatting of the prefix)
+shell.prefix(f"set -euo pipefail; {_python_dir}export PYTHONPATH={_checkout}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 ON_GPU = config["train"]["device"] != "cpu"
 RUN_PATTERN = r"[^/]+/[^/]+/[^/]+/[^/]+/seed\d+"
 
@@ -31,11 +42,13 @@ def value_text(value):
     return str(value)
 
 
-def params_tag(params):
+def params_tag(method, params):
     """A run name from the parameters that differ from the loss defaults, e.g. 'T=8,relation=rank'."""
-    if not params:
+    defaults = losses.defaults(method)
+    changed = {key: value for key, value in params.items() if defaults.get(key) != value}
+    if not changed:
         return "default"
-    return ",".join(f"{key}={value_text(value)}" for key, value in sorted(params.items()))
+    return ",".join(f"{key}={value_text(value)}" for key, value in sorted(changed.items()))
 
 
 class Run:
@@ -51,7 +64,7 @@ class Run:
     @property
     def name(self):
         teacher = self.teacher or "none"
-        return f"{self.student}/{teacher}/{self.method}/{params_tag(self.params)}/seed{self.seed}"
+        return f"{self.student}/{teacher}/{self.method}/{params_tag(self.method, self.params)}/seed{self.seed}"
 
     @property
     def dir(self):
@@ -116,8 +129,11 @@ def experiment_runs(name):
 
 EXPERIMENTS = [name for name, spec in config["experiments"].items() if spec.get("enabled", True)]
 RUNS = {run.name: run for name in EXPERIMENTS for run in experiment_runs(name)}
-if config["train"]["epochs"] < 1:
-    config_error("train.epochs", f"must be at least 1, got {config['train']['epochs']}")
+for _run in RUNS.values():  # bad parameter values stop the DAG here, not hours later in a job
+    try:
+        losses.build(_run.method, **_run.params)
+    except RckdError as err:
+        config_error(f"the {_run.method} parameters of run {_run.name}", str(err))
 
 
 def deploy_runs():
@@ -133,22 +149,31 @@ def lr_for(arch):
     return config["train"]["lr_by_arch"].get(arch, config["train"]["lr"])
 
 
+def schedule_for(arch):
+    """(epochs, milestones) of an arch: epochs_by_arch stretches the milestones proportionally."""
+    train = config["train"]
+    epochs = train["epochs_by_arch"].get(arch, train["epochs"])
+    milestones = [round(m * epochs / train["epochs"]) for m in train["milestones"]]
+    return epochs, milestones
+
+
 def train_args(wildcards):
     """The `rckd train` arguments of one run, all explicit so the log shows exactly what ran."""
     run = RUNS[wildcards.run]
     train = config["train"]
+    epochs, milestones = schedule_for(run.student)
     args = [
         f"--arch {run.student}",
         f"--method {run.method}",
         f"--seed {run.seed}",
         f"--dataset {DATASET}",
         f"--data-root {shlex.quote(config['data']['root'])}",
-        f"--epochs {train['epochs']}",
+        f"--epochs {epochs}",
         f"--batch-size {train['batch_size']}",
         f"--lr {lr_for(run.student)}",
         f"--momentum {train['momentum']}",
         f"--weight-decay {train['weight_decay']}",
-        "--milestones " + " ".join(str(m) for m in train["milestones"]),
+        "--milestones " + " ".join(str(m) for m in milestones),
         f"--lr-decay {train['lr_decay']}",
         f"--device {train['device']}",
         f"--precision {train['precision']}",
@@ -156,7 +181,7 @@ def train_args(wildcards):
         f"--checkpoint-every {train['checkpoint_every']}",
         f"--gpu-slots {train['jobs_per_gpu'] if ON_GPU else 0}",
     ]
-    args += [f"--data-option {key}={value}" for key, value in sorted(config["data"]["options"].items())]
+    args.append(data_options_args())
     args += [f"--param {key}={value}" for key, value in sorted(run.params.items())]
     if run.teacher_run:
         args.append(f"--teacher {run.teacher_run.dir}/model.pt")
@@ -164,7 +189,8 @@ def train_args(wildcards):
 
 
 def data_options_args():
-    return " ".join(f"--option {key}={value}" for key, value in sorted(config["data"]["options"].items()))
+    """The data set options every rule that loads data passes, so all load the same cache."""
+    return " ".join(f"--data-option {key}={value}" for key, value in sorted(config["data"]["options"].items()))
 
 
 def all_outputs():
@@ -174,3 +200,29 @@ def all_outputs():
     if deploy_runs():
         outputs += [f"{RESULTS}/deploy/latency.csv", f"{RESULTS}/deploy/latency.png"]
     return outputs
+
+
+def train_inputs(wildcards):
+    """The data cache and, for a distilled student, its teacher's model."""
+    run = RUNS[wildcards.run]
+    inputs = {"data": DATA_CACHE}
+    if run.teacher_run:
+        inputs["teacher"] = f"{run.teacher_run.dir}/model.pt"
+    return inputs
+
+
+def evaluate_inputs(wildcards):
+    return {**train_inputs(wildcards), "model": f"{RUNS[wildcards.run].dir}/model.pt"}
+
+
+PLOT_KINDS = {"main": "curves", "capacity": "capacity", "ablation": "ablation"}
+
+
+def experiment_outputs(name):
+    folder = f"{RESULTS}/{name}"
+    return [f"{folder}/summary.csv", f"{folder}/table.md", f"{folder}/table.csv", f"{folder}/{PLOT_KINDS[name]}.png"]
+
+
+def summary_inputs(wildcards):
+    runs = experiment_runs(wildcards.experiment)
+    return [f"{run.dir}/{name}" for run in runs for name in ("metrics.json", "eval.json")]

@@ -2,9 +2,10 @@ rule prepare_data:
     output:
         DATA_CACHE,
     params:
+        dataset=DATASET,
         download="--download" if config["data"]["download"] else "",
         options=data_options_args(),
-        root=config["data"]["root"],
+        root=lambda wildcards, output: os.path.dirname(output[0]),
     log:
         f"{LOGS}/prepare.log",
     benchmark:
@@ -16,4 +17,4 @@ rule prepare_data:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{RCKD} prepare --dataset {DATASET} --root {params.root} {params.download} {params.options} > {log} 2>&1"
+        "python -m rckd prepare --dataset {params.dataset} --root {params.root} {params.download} {params.options} > {log} 2>&1"

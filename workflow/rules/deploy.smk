@@ -7,7 +7,8 @@ rule export_onnx:
         int8=f"{RESULTS}/deploy/{{run}}/model.int8.onnx" if config["export"]["int8"] else [],
         report=f"{RESULTS}/deploy/{{run}}/export.json",
     params:
-        root=config["data"]["root"],
+        root=lambda wildcards, input: os.path.dirname(input.data),
+        options=data_options_args(),
         int8=lambda wildcards, output: (
             f"--int8-out {output.int8} --calibration-size {config['export']['calibration_size']}"
             if config["export"]["int8"]
@@ -24,7 +25,7 @@ rule export_onnx:
         mem_mb=8000,
         runtime=30,
     shell:
-        "{RCKD} export --model {input.model} --data-root {params.root} --out {output.onnx} "
+        "python -m rckd export --model {input.model} --data-root {params.root} {params.options} --out {output.onnx} "
         "{params.int8} --report {output.report} > {log} 2>&1"
 
 
@@ -61,7 +62,7 @@ rule bench:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{RCKD} bench --models {params.models} --batch-sizes {params.batch_sizes} "
+        "python -m rckd bench --models {params.models} --batch-sizes {params.batch_sizes} "
         "--threads {params.bench[threads]} --warmup {params.bench[warmup]} "
         "--min-iters {params.bench[min_iters]} --min-seconds {params.bench[min_seconds]} "
         "--out {output.csv} --plot {output.png} > {log} 2>&1"

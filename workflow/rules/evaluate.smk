@@ -1,11 +1,3 @@
-def evaluate_inputs(wildcards):
-    run = RUNS[wildcards.run]
-    inputs = {"model": f"{run.dir}/model.pt", "data": DATA_CACHE}
-    if run.teacher_run:
-        inputs["teacher"] = f"{run.teacher_run.dir}/model.pt"
-    return inputs
-
-
 rule evaluate:
     input:
         unpack(evaluate_inputs),
@@ -13,9 +5,10 @@ rule evaluate:
         f"{RESULTS}/runs/{{run}}/eval.json",
     params:
         teacher=lambda wildcards, input: f"--teacher {input.teacher}" if "teacher" in input.keys() else "",
-        root=config["data"]["root"],
+        root=lambda wildcards, input: os.path.dirname(input.data),
         batch_size=config["evaluate"]["batch_size"],
         device=config["evaluate"]["device"],
+        options=data_options_args(),
     log:
         f"{LOGS}/evaluate/{{run}}.log",
     benchmark:
@@ -27,5 +20,5 @@ rule evaluate:
         mem_mb=8000,
         runtime=30,
     shell:
-        "{RCKD} evaluate --model {input.model} {params.teacher} --data-root {params.root} "
-        "--batch-size {params.batch_size} --device {params.device} --out {output} > {log} 2>&1"
+        "python -m rckd evaluate --model {input.model} {params.teacher} --data-root {params.root} "
+        "--batch-size {params.batch_size} --device {params.device} {params.options} --out {output} > {log} 2>&1"

@@ -1,16 +1,3 @@
-PLOT_KINDS = {"main": "curves", "capacity": "capacity", "ablation": "ablation"}
-
-
-def experiment_outputs(name):
-    folder = f"{RESULTS}/{name}"
-    return [f"{folder}/summary.csv", f"{folder}/table.md", f"{folder}/table.csv", f"{folder}/{PLOT_KINDS[name]}.png"]
-
-
-def summary_inputs(wildcards):
-    runs = experiment_runs(wildcards.experiment)
-    return [f"{run.dir}/{name}" for run in runs for name in ("metrics.json", "eval.json")]
-
-
 rule summarize:
     input:
         summary_inputs,
@@ -34,7 +21,7 @@ rule summarize:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{RCKD} summarize --experiment {wildcards.experiment} --runs {params.runs} --out {output} > {log} 2>&1"
+        "python -m rckd summarize --experiment {wildcards.experiment} --runs {params.runs} --out {output} > {log} 2>&1"
 
 
 rule table:
@@ -60,7 +47,7 @@ rule table:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{RCKD} table --experiment {wildcards.experiment} --summary {input.summary} "
+        "python -m rckd table --experiment {wildcards.experiment} --summary {input.summary} "
         "--published {input.published} --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
 
 
@@ -87,4 +74,4 @@ rule plot:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{RCKD} plot --kind {wildcards.kind} --summary {input} --out {output} > {log} 2>&1"
+        "python -m rckd plot --kind {wildcards.kind} --summary {input} --out {output} > {log} 2>&1"

@@ -1,11 +1,3 @@
-def train_inputs(wildcards):
-    run = RUNS[wildcards.run]
-    inputs = {"data": DATA_CACHE}
-    if run.teacher_run:
-        inputs["teacher"] = f"{run.teacher_run.dir}/model.pt"
-    return inputs
-
-
 # Teachers, vanilla students and distilled students are all one rule: a run is a directory.
 rule train:
     input:
@@ -29,4 +21,4 @@ rule train:
         runtime=config["train"]["runtime"],
         gpu=1 if ON_GPU else 0,
     shell:
-        "{RCKD} train {params.args} --threads {threads} --out {params.out} > {log} 2>&1"
+        "python -m rckd train {params.args} --threads {threads} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,58 @@
+"""`rckd prepare`: build a data set once into its checksummed cache file `<root>/<name>.pt`.
+
+    rckd prepare --dataset synthetic --root data --data-option train_per_class=50 --data-option difficulty=1.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from rckd.data import cache
+from rckd.data.datasets import DATASETS, build, resolve_options
+from rckd.errors import RckdError
+
+
+def prepare(name: str, root: str | os.PathLike, *, download: bool = False, **options: Any) -> Path:
+    """Write `<root>/<name>.pt` unless a valid cache built with the same options is already there
+    (a corrupt or differently built one is replaced); returns its path."""
+    resolved = resolve_options(name, options)
+    path = cache.cache_path(root, name)
+    if path.exists():
+        try:
+            cache.read(path, name, root, resolved)
+            return path
+        except RckdError:
+            pass  # corrupt or built with other options: rebuild below
+    cache.write(path, name, resolved, build(name, root, download=download, options=resolved))
+    return path
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """'key=value' -> (key, value) with value an int or float where it reads as one."""
+    key, separator, value = text.partition("=")
+    if not separator or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    for convert in (int, float):
+        try:
+            return key, convert(value)
+        except ValueError:
+            continue
+    return key, value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--root", required=True, type=Path, help="directory for the source files and the cache")
+    parser.add_argument("--download", action="store_true", help="let torchvision download a missing source")
+    parser.add_argument("--data-option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
+                        help="a data set option (synthetic: num_superclasses, classes_per_superclass, "
+                             "train_per_class, test_per_class, seed, difficulty, image_size); repeatable")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = prepare(args.dataset, args.root, download=args.download, **dict(args.data_option))
+    print(f"{args.dataset}: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0

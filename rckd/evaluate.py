@@ -1,0 +1,110 @@
+"""`rckd evaluate`: test-set metrics of a trained model and, for a distilled student, its fidelity
+to the teacher -> eval.json.
+
+Logits of the whole test split are computed in large batches on the device (no_grad, fp32) and the
+metrics are taken over all of them at once (no averaging of per-batch means).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rckd import data, losses, metrics
+from rckd.checkpoint import load_model
+from rckd.errors import RckdError
+from rckd.io import write_json
+from rckd.data.prepare import parse_option
+from rckd.train import predict_logits
+
+FALLBACK_TEMPERATURE = 4.0  # for methods without a temperature (e.g. a `ce` model compared to a teacher)
+ECE_BINS = 15
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> CUDA when present, else CPU; an explicit CUDA request on a machine without one is an error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RckdError(f"--device {name} asked for CUDA, but torch sees no GPU here; use --device cpu or auto")
+    return device
+
+
+def fidelity_temperature(meta: dict[str, Any]) -> float:
+    """The distillation temperature of the student's own method, or FALLBACK_TEMPERATURE without one."""
+    temperature = losses.build(meta["method"], **meta["params"]).temperature
+    return FALLBACK_TEMPERATURE if temperature is None else float(temperature)
+
+
+def _check_same_task(student_path: Path, meta: dict[str, Any], teacher_path: Path,
+                     teacher_meta: dict[str, Any]) -> None:
+    for key in ("dataset", "num_classes"):
+        if meta[key] != teacher_meta[key]:
+            raise RckdError(
+                f"teacher {teacher_path} ({key}={teacher_meta[key]!r}) does not match student {student_path} "
+                f"({key}={meta[key]!r}); pass the teacher the student was distilled from"
+            )
+
+
+@torch.no_grad()
+def evaluate(model_path: Path, data_root: Path, teacher_path: Path | None = None, device: str = "auto",
+             batch_size: int = 1000, data_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The eval.json record for one model (and its teacher, when given)."""
+    if batch_size < 1:
+        raise RckdError(f"--batch-size must be positive, got {batch_size}")
+    target_device = resolve_device(device)
+    model, meta = load_model(model_path, target_device)
+    split = data.load(meta["dataset"], data_root, "test", **(data_options or {}))
+    if len(split.classes) != meta["num_classes"]:
+        raise RckdError(
+            f"{model_path} predicts {meta['num_classes']} classes but the {meta['dataset']} test split in "
+            f"{data_root} has {len(split.classes)}; pass the --data-option values the model was trained with"
+        )
+    images, labels = split.images.to(target_device), split.labels.to(target_device)
+    logits = predict_logits(model, images, split, batch_size)
+    values = {
+        **metrics.topk_accuracy(logits, labels, ks=(1, 5)),
+        "nll": metrics.nll(logits, labels),
+        "ece": metrics.expected_calibration_error(logits, labels, bins=ECE_BINS),
+    }
+    record: dict[str, Any] = {
+        "model": str(model_path), "arch": meta["arch"], "dataset": meta["dataset"], "method": meta["method"],
+        "params": meta["params"], "seed": meta["seed"], "num_test": len(labels), "ece_bins": ECE_BINS,
+        "device": str(target_device), "teacher": None,
+    }
+    if teacher_path is not None:
+        teacher, teacher_meta = load_model(teacher_path, target_device)
+        _check_same_task(model_path, meta, teacher_path, teacher_meta)
+        teacher_logits = predict_logits(teacher, images, split, batch_size)
+        temperature = fidelity_temperature(meta)
+        values.update(metrics.fidelity(logits, teacher_logits, labels, temperature))
+        values["teacher_top1"] = metrics.topk_accuracy(teacher_logits, labels, ks=(1,))["top1"]
+        record.update(teacher=str(teacher_path), teacher_arch=teacher_meta["arch"], temperature=temperature)
+    record.update({name: value.item() for name, value in values.items()})
+    return record
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="the run's model.pt")
+    parser.add_argument("--data-root", required=True, type=Path, help="directory of the prepared data cache")
+    parser.add_argument("--teacher", type=Path, help="teacher model.pt: adds fidelity metrics (distilled students)")
+    parser.add_argument("--out", required=True, type=Path, help="eval.json to write")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    parser.add_argument("--batch-size", type=int, default=1000, help="test images per forward pass")
+    parser.add_argument("--data-option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
+                        help="data set option the model was trained with (synthetic sizes, seed); repeatable")
+
+
+def run(args: argparse.Namespace) -> int:
+    record = evaluate(args.model, args.data_root, args.teacher, args.device, args.batch_size,
+                      dict(args.data_option))
+    write_json(args.out, record)
+    summary = f"top1={record['top1']:.2f} top5={record['top5']:.2f} nll={record['nll']:.4f} ece={record['ece']:.4f}"
+    if record["teacher"] is not None:
+        summary += f" agreement={record['agreement']:.2f} tau_nt={record['tau_nt']:.4f}"
+    print(f"{args.out}: {summary}", flush=True)
+    return 0

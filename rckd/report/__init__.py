@@ -1,0 +1,90 @@
+"""Reports built from run directories: summary.csv (`rckd summarize`), paper-style tables
+(`rckd table`) and plots (`rckd plot`). This module holds what tables and plots share: method
+order and names, the mean/std of a cell over seeds, and how a summary's runs group.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from rckd.errors import RckdError
+
+# The paper's column order; methods not listed here follow in alphabetical order.
+METHOD_ORDER = ("ce", "kd", "dkd", "dist", "rckd")
+METHOD_LABELS = {"ce": "Vanilla", "kd": "KD", "dkd": "DKD", "dist": "DIST", "rckd": "RCKD"}
+# summary.csv column of each --metric choice: the best epoch's test top-1 (as papers report) or the last's.
+TOP1_COLUMN = {"best": "best_top1", "final": "final_top1"}
+
+Row = dict[str, Any]  # one parsed summary.csv row (rckd.report.summary.read_summary)
+Groups = dict[tuple[str, str, str], dict[str, list[Row]]]  # (teacher, student, method) -> {params: rows}
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, method.upper())
+
+
+def ordered_methods(methods: Iterable[str]) -> list[str]:
+    """The distinct methods, in METHOD_ORDER first and then alphabetically."""
+    distinct = set(methods)
+    known = [method for method in METHOD_ORDER if method in distinct]
+    return known + sorted(distinct - set(METHOD_ORDER))
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation of one cell's values (one per seed)."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if self.n > 1 else None
+
+
+def stat(values: Iterable[float | None]) -> Stat | None:
+    """The Stat of the values that exist, or None when there are none (missing is never zero)."""
+    present = tuple(value for value in values if value is not None)
+    return Stat(present) if present else None
+
+
+def distilled_pairs(rows: list[Row]) -> list[tuple[str, str]]:
+    """Every (teacher, student) of the summary rows that have a teacher, sorted."""
+    return sorted({(row["teacher"], row["student"]) for row in rows if row["teacher"]})
+
+
+def distill_methods(rows: list[Row]) -> list[str]:
+    """The methods of the rows that have a teacher, in paper order."""
+    return ordered_methods(row["method"] for row in rows if row["teacher"])
+
+
+def group_runs(rows: list[Row], one_setting: bool) -> Groups:
+    """(teacher, student, method) -> {params: rows}. With one_setting, a second params string for the
+    same (teacher, student, method) is an error: the main and capacity reports compare one setting."""
+    groups: Groups = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        groups[row["teacher"], row["student"], row["method"]][row["params"]].append(row)
+    if one_setting:
+        for (teacher, student, method), settings in groups.items():
+            if len(settings) > 1:
+                raise RckdError(
+                    f"{method} {teacher or 'without teacher'} -> {student} was run with {len(settings)} settings "
+                    f"{sorted(settings)}; this report compares one setting per method (use the ablation experiment)"
+                )
+    return groups
+
+
+def runs_of(groups: Groups, teacher: str, student: str, method: str) -> list[Row]:
+    """Every run of (teacher, student, method), over all its settings; teacher "" for runs without one."""
+    return [row for setting in groups.get((teacher, student, method), {}).values() for row in setting]

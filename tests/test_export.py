@@ -1,0 +1,226 @@
+"""ONNX export: every architecture passes the parity gate, the gate catches a graph that differs
+from PyTorch, metadata survives the round trip, and `rckd export` writes fp32 + int8 files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from rckd import __version__, data, models
+from rckd.checkpoint import load_model
+from rckd.cli import main as cli
+from rckd.data.augment import normalize
+from rckd.deploy import CPU, ModelInfo, open_session, read_info
+from rckd.errors import RckdError
+from rckd.export import ATOL, check_parity, compare, export, onnx_logits, torch_logits
+from rckd.train import TrainConfig, train
+
+SIZE = 16  # every architecture maps any image size to logits; 16x16 keeps tracing and checking fast
+MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
+# 10 easy classes: resnet20 gets well above chance (10%) in 5 CPU epochs of a few seconds.
+OPTIONS = {"num_superclasses": 2, "classes_per_superclass": 5, "train_per_class": 60, "test_per_class": 20,
+           "seed": 0, "difficulty": 0.5}
+OPTION_ARGS = [arg for key, value in OPTIONS.items() for arg in ("--data-option", f"{key}={value}")]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny batches gain nothing from threads, and on a busy 2-core machine thread barriers cost 10x."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def settle_batchnorm(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """Running BN statistics of `images`, as training leaves them: without this, the deep random
+    networks (resnet110) produce logits of 1e6 and no absolute tolerance means anything."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the batches seen
+    with torch.no_grad():
+        model.train()(images)
+    return model.eval()
+
+
+def toy_meta(arch: str, num_classes: int = 10, channels: int = 3) -> dict:
+    return {
+        "arch": arch, "num_classes": num_classes, "in_channels": channels, "input_size": [channels, SIZE, SIZE],
+        "dataset": "synthetic", "mean": MEAN[:channels], "std": STD[:channels],
+        "classes": [f"class_{i}" for i in range(num_classes)], "method": "rckd", "params": {"beta": 2.0},
+        "teacher": "runs/t/model.pt", "teacher_arch": "resnet32x4",
+    }
+
+
+def random_images(count: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (count, channels, SIZE, SIZE), dtype=torch.uint8, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def test_set() -> tuple[torch.Tensor, torch.Tensor]:
+    images = normalize(random_images(24), MEAN, STD)
+    return images, torch.arange(24) % 10
+
+
+@pytest.mark.parametrize("arch", models.available())
+def test_every_architecture_passes_the_parity_gate_and_quantizes(arch, test_set, tmp_path):
+    images, labels = test_set
+    torch.manual_seed(0)
+    calibration = normalize(random_images(16, seed=1), MEAN, STD)
+    model = settle_batchnorm(models.build(arch, num_classes=10), calibration)
+    report = export(model, toy_meta(arch), images, labels, tmp_path / "model.onnx",
+                    int8_out=tmp_path / "model.int8.onnx", calibration_images=calibration)
+
+    assert report["max_abs_diff"] <= ATOL and report["top1_agreement"] == 100.0
+    assert report["fp32_top1"] == report["torch_top1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx", "model.onnx"]  # no external data
+    assert report["fp32_bytes"] == (tmp_path / "model.onnx").stat().st_size
+    proto = onnx.load(tmp_path / "model.onnx")
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    # The batch axis is symbolic in both files: batches of 1 and 5 run.
+    fp32 = open_session(tmp_path / "model.onnx", [CPU])
+    int8 = open_session(tmp_path / "model.int8.onnx", [CPU])
+    for batch in (1, 5):
+        logits = fp32.run(None, {"images": images[:batch].numpy()})[0]
+        assert logits.shape == int8.run(None, {"images": images[:batch].numpy()})[0].shape == (batch, 10)
+        np.testing.assert_allclose(logits, torch_logits(model, images[:batch]), atol=ATOL)
+    assert read_info(int8, "int8").top1 == report["int8_top1"]
+
+
+class TracedDifferently(nn.Module):
+    """Eager mode runs `inner`; the exported graph runs `inner` followed by `change`."""
+
+    def __init__(self, inner: nn.Module, change) -> None:
+        super().__init__()
+        self.inner, self.change = inner, change
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(x)
+        return self.change(logits) if torch.onnx.is_in_onnx_export() else logits
+
+
+@pytest.fixture(scope="module")
+def resnet20() -> nn.Module:
+    torch.manual_seed(0)
+    return settle_batchnorm(models.build("resnet20", num_classes=10), normalize(random_images(32, seed=1), MEAN, STD))
+
+
+def test_gate_rejects_a_graph_that_scales_the_logits(resnet20, test_set, tmp_path):
+    images, labels = test_set
+    expected_diff = 0.01 * np.abs(torch_logits(resnet20, images)).max()
+    with pytest.raises(RckdError, match="parity gate failed for resnet20") as failure:
+        export(TracedDifferently(resnet20, lambda z: z * 1.01), toy_meta("resnet20"), images, labels,
+               tmp_path / "model.onnx")
+    message = str(failure.value)
+    reported = float(message.split("logit difference ")[1].split()[0])
+    assert reported == pytest.approx(expected_diff, rel=1e-2)
+    assert "agreement" not in message  # scaling keeps every top-1 class
+    assert list(tmp_path.iterdir()) == []  # a failed gate writes nothing
+
+
+def test_gate_rejects_a_graph_that_changes_the_top1(resnet20, test_set, tmp_path):
+    images, labels = test_set
+    # Adding 100 to a class the model never picks makes it every image's top-1.
+    never_top = int(np.setdiff1d(np.arange(10), torch_logits(resnet20, images).argmax(1))[0])
+    boost = 100 * nn.functional.one_hot(torch.tensor(never_top), 10)
+    with pytest.raises(RckdError, match=r"top-1 agreement 0\.00% < 99\.9% \(24 of 24 test images differ\)"):
+        export(TracedDifferently(resnet20, lambda z: z + boost), toy_meta("resnet20"), images, labels,
+               tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gate_rejects_a_file_tampered_after_export(resnet20, test_set, tmp_path):
+    images, labels = test_set
+    export(resnet20, toy_meta("resnet20"), images, labels, tmp_path / "model.onnx")
+    proto = onnx.load(tmp_path / "model.onnx")
+    reference = torch_logits(resnet20, images)
+    check_parity(compare(onnx_logits(proto.SerializeToString(), images.numpy()), reference, labels), "resnet20")
+
+    # Nudge the classifier's bias by 1e-3: invisible to the checker, caught by the gate.
+    bias = next(t for t in proto.graph.initializer if t.dims == [10])
+    values = onnx.numpy_helper.to_array(bias) + np.float32(1e-3)
+    bias.CopyFrom(onnx.numpy_helper.from_array(values, bias.name))
+    onnx.checker.check_model(proto, full_check=True)
+    tampered = compare(onnx_logits(proto.SerializeToString(), images.numpy()), reference, labels)
+    assert tampered.max_abs_diff == pytest.approx(1e-3, rel=1e-2)
+    with pytest.raises(RckdError, match="exceeds 0.0001"):
+        check_parity(tampered, "resnet20")
+
+
+def test_metadata_round_trip(resnet20, test_set, tmp_path):
+    images, labels = test_set
+    meta = toy_meta("resnet20")
+    report = export(resnet20, meta, images, labels, tmp_path / "model.onnx")
+    info = read_info(open_session(tmp_path / "model.onnx", [CPU]), "model.onnx")
+    assert info == ModelInfo(
+        arch="resnet20", dataset="synthetic", num_classes=10, classes=meta["classes"], input_shape=[3, SIZE, SIZE],
+        mean=MEAN, std=STD, method="rckd", params={"beta": 2.0}, teacher="runs/t/model.pt",
+        teacher_arch="resnet32x4", precision="fp32", top1=report["fp32_top1"], fp32_top1=report["fp32_top1"],
+        torch_top1=report["torch_top1"], rckd_version=__version__,
+    )
+    props = {p.key: p.value for p in onnx.load(tmp_path / "model.onnx").metadata_props}
+    assert json.loads(props["rckd.classes"]) == meta["classes"]
+    assert json.loads(props["rckd.params"]) == {"beta": 2.0}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(data root, model.pt) of a resnet20 trained by the real trainer on synthetic data."""
+    root = tmp_path_factory.mktemp("data")
+    data.prepare("synthetic", root, **OPTIONS)
+    run = tmp_path_factory.mktemp("run")
+    train(TrainConfig(arch="resnet20", dataset="synthetic", data_root=root, out=run, data_options=OPTIONS,
+                      epochs=5, milestones=(4,), device="cpu", checkpoint_every=5))
+    return root, run / "model.pt"
+
+
+def test_cli_exports_fp32_and_int8(trained, tmp_path, capsys):
+    root, model_pt = trained
+    out, int8_out, report_path = tmp_path / "model.onnx", tmp_path / "model.int8.onnx", tmp_path / "export.json"
+    status = cli(["export", "--model", str(model_pt), "--data-root", str(root), *OPTION_ARGS, "--out", str(out),
+                  "--int8-out", str(int8_out), "--calibration-size", "256", "--report", str(report_path)])
+    assert status == 0
+    assert "exported" in capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    _, meta = load_model(model_pt)
+
+    # The ONNX model reproduces the trainer's own test accuracy (same images, same normalisation).
+    assert report["test_images"] == 200 and report["top1_agreement"] == 100.0
+    assert report["fp32_top1"] == report["torch_top1"] == pytest.approx(meta["final_top1"])
+    assert meta["final_top1"] >= 25  # trained: well above the 10% of chance, so int8 accuracy means something
+    assert report["max_abs_diff"] <= ATOL
+
+    # int8: measured on the whole test set, close to fp32, about 4x smaller, made of QDQ nodes.
+    assert report["calibration_images"] == 256
+    assert abs(report["int8_top1"] - report["fp32_top1"]) <= 5.0
+    assert report["int8_agreement_with_fp32"] >= 90.0
+    assert report["fp32_bytes"] == out.stat().st_size and report["int8_bytes"] == int8_out.stat().st_size
+    assert report["int8_bytes"] < report["fp32_bytes"] / 3
+    ops = {node.op_type for node in onnx.load(int8_out).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    int8_info = read_info(open_session(int8_out, [CPU]), "int8")
+    fp32_info = read_info(open_session(out, [CPU]), "fp32")
+    assert (int8_info.precision, int8_info.top1, int8_info.fp32_top1) == ("int8", report["int8_top1"],
+                                                                         report["fp32_top1"])
+    assert fp32_info.classes == meta["classes"] and fp32_info.mean == list(meta["mean"])
+
+
+def test_cli_refuses_data_the_model_was_not_trained_on(trained, tmp_path, capsys):
+    root, model_pt = trained
+    other = tmp_path / "other"
+    data.prepare("synthetic", other, **{**OPTIONS, "classes_per_superclass": 3})
+    options = [arg for key, value in {**OPTIONS, "classes_per_superclass": 3}.items()
+               for arg in ("--data-option", f"{key}={value}")]
+    status = cli(["export", "--model", str(model_pt), "--data-root", str(other), *options,
+                  "--out", str(tmp_path / "m.onnx"), "--report", str(tmp_path / "export.json")])
+    assert status == 2
+    assert "is not the data" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "export.json").exists()

@@ -1,0 +1,424 @@
+"""rckd.losses: identities, invariances, direct formulas, numerics and the registry (CPU, small sizes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from scipy import stats
+import torch
+import torch.nn.functional as F
+
+import rckd.losses as losses
+from rckd.errors import RckdError
+from rckd.losses import functional
+
+RELATIONS = functional.RELATIONS
+METHOD_CASES = [("ce", {}), ("kd", {}), ("dkd", {}), ("dist", {})] + [
+    ("rckd", {"relation": relation}) for relation in RELATIONS
+]
+
+
+def _logits(batch: int, classes: int, scale: float = 1.0, seed: int = 0,
+            dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(batch, classes, generator=generator, dtype=torch.float64)).to(dtype)
+
+
+def _targets(batch: int, classes: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, classes, (batch,), generator=torch.Generator().manual_seed(seed))
+
+
+def _total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.stack(list(terms.values())).sum()
+
+
+# --- numpy reference formulas (a second route to every loss) ---------------------------------
+
+def _np_log_softmax(z: np.ndarray) -> np.ndarray:
+    shifted = z - z.max(1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+
+
+def _np_cross_entropy(z: np.ndarray, y: np.ndarray) -> float:
+    return float(-_np_log_softmax(z)[np.arange(len(y)), y].mean())
+
+
+def _np_kl_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return (p * (np.log(p) - np.log(q))).sum(1)
+
+
+def _np_cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+
+
+def _np_relation(z: np.ndarray, relation: str, temperature: float, kappa: float) -> np.ndarray:
+    values = np.exp(_np_log_softmax(z / temperature)) if relation == "prob_diff" else z
+    differences = values[:, :, None] - values[:, None, :]
+    return np.tanh(differences / kappa) if relation == "rank" else differences
+
+
+def _np_loss(method: str, params: dict, zs: np.ndarray, zt: np.ndarray, y: np.ndarray) -> float:
+    ce = _np_cross_entropy(zs, y)
+    if method == "ce":
+        return ce
+    T = params["T"]
+    p_s, p_t = np.exp(_np_log_softmax(zs / T)), np.exp(_np_log_softmax(zt / T))
+    kd = T**2 * _np_kl_rows(p_t, p_s).mean()
+    if method == "kd":
+        return params["ce"] * ce + params["kd"] * kd
+    if method == "dkd":  # called after the warm-up
+        is_target = np.zeros_like(p_s, dtype=bool)
+        is_target[np.arange(len(y)), y] = True
+
+        def binary(p):
+            b = p[is_target]
+            return np.stack([b, 1 - b], 1)
+
+        def others(p):
+            q = np.where(is_target, 0.0, p)
+            return (q / q.sum(1, keepdims=True))[~is_target].reshape(len(p), -1)
+
+        tckd = _np_kl_rows(binary(p_t), binary(p_s)).mean()
+        nckd = _np_kl_rows(others(p_t), others(p_s)).mean()
+        return params["ce"] * ce + T**2 * (params["alpha"] * tckd + params["beta"] * nckd)
+    if method == "dist":
+        inter = np.mean([1 - np.corrcoef(p_s[i], p_t[i])[0, 1] for i in range(len(p_s))])
+        intra = np.mean([1 - np.corrcoef(p_s[:, j], p_t[:, j])[0, 1] for j in range(p_s.shape[1])])
+        return params["ce"] * ce + params["kd"] * T**2 * (params["beta"] * inter + params["gamma"] * intra)
+    cosine = _np_cosine_rows(_np_relation(zs, params["relation"], T, params["kappa"]),
+                             _np_relation(zt, params["relation"], T, params["kappa"]))
+    return params["ce"] * ce + params["kd"] * kd + params["rc"] * T**2 * (1 - cosine).mean()
+
+
+# --- RCKD: the relation cosine ----------------------------------------------------------------
+
+@pytest.mark.parametrize("relation", RELATIONS)
+@pytest.mark.parametrize("classes", [2, 3, 10, 100, 1000])
+@pytest.mark.parametrize("scale", [0.1, 1.0, 10.0, 50.0])
+def test_fast_cosine_equals_explicit_matrix_cosine(relation, classes, scale):
+    batch = 3
+    zs, zt = _logits(batch, classes, scale, seed=1), _logits(batch, classes, scale, seed=2)
+    fast = functional.relation_cosine(zs, zt, relation, 4.0, 1.0)
+    matrix_s = functional.relation_matrix(zs.double(), relation, 4.0, 1.0)
+    matrix_t = functional.relation_matrix(zt.double(), relation, 4.0, 1.0)
+    explicit = F.cosine_similarity(matrix_s.flatten(1), matrix_t.flatten(1), dim=1, eps=1e-300)
+    assert fast.dtype == torch.float32
+    torch.testing.assert_close(fast.double(), explicit, atol=1e-5, rtol=0)
+
+
+def test_frobenius_inner_product_is_2c_times_centred_dot():
+    a, b = _logits(4, 7, seed=3).double(), _logits(4, 7, seed=4).double()
+    frobenius = (functional.relative_confidence(a) * functional.relative_confidence(b)).sum((1, 2))
+    centred = ((a - a.mean(1, keepdim=True)) * (b - b.mean(1, keepdim=True))).sum(1)
+    torch.testing.assert_close(frobenius, 2 * 7 * centred, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("relation", RELATIONS)
+def test_identical_logits_give_zero_rc(relation):
+    rckd = losses.build("rckd", relation=relation)
+    z = _logits(6, 20, 3.0, seed=5)
+    y = _targets(6, 20)
+    assert float(rckd(z, z.clone(), y, 1)["rc"]) == pytest.approx(0.0, abs=1e-5)
+    constant = torch.full((6, 20), 2.5, requires_grad=True)
+    terms = rckd(constant, constant.detach().clone(), y, 1)
+    _total(terms).backward()
+    assert float(terms["rc"].detach()) == pytest.approx(0.0, abs=1e-6)
+    assert torch.isfinite(constant.grad).all()
+
+
+@pytest.mark.parametrize("relation", RELATIONS)
+def test_rc_is_invariant_to_a_logit_shift(relation):
+    zs, zt = _logits(5, 30, 2.0, seed=6), _logits(5, 30, 2.0, seed=7)
+    shift = torch.linspace(-40.0, 25.0, 5)[:, None]
+    base = functional.relation_cosine(zs, zt, relation, 4.0, 1.5)
+    torch.testing.assert_close(functional.relation_cosine(zs + shift, zt, relation, 4.0, 1.5), base,
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(functional.relation_cosine(zs, zt - shift, relation, 4.0, 1.5), base,
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("factor", [0.05, 0.7, 3.0, 40.0])
+def test_logit_diff_is_invariant_to_positive_logit_scaling(factor):
+    zs, zt = _logits(5, 30, 2.0, seed=8), _logits(5, 30, 2.0, seed=9)
+    base = functional.relation_cosine(zs, zt, "logit_diff", 4.0, 1.0)
+    torch.testing.assert_close(functional.relation_cosine(factor * zs, zt, "logit_diff", 4.0, 1.0), base,
+                               atol=1e-5, rtol=0)
+    # ...which prob_diff is not: the temperature sees the scale.
+    other = functional.relation_cosine(factor * zs, zt, "prob_diff", 4.0, 1.0)
+    assert (other - functional.relation_cosine(zs, zt, "prob_diff", 4.0, 1.0)).abs().max() > 1e-3
+
+
+def test_cosine_is_invariant_to_positive_rescaling_and_offsets():
+    x, y = _logits(4, 12, seed=10), _logits(4, 12, seed=11)
+    torch.testing.assert_close(functional.pearson(7.5 * x + 3.0, 0.2 * y - 1.0), functional.pearson(x, y),
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(functional.pearson(-x, y), -functional.pearson(x, y), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("relation", RELATIONS)
+def test_relation_cosine_gradcheck_float64(relation, monkeypatch):
+    # One row per rank block, so the gradient of the blocked path is what gets checked.
+    monkeypatch.setattr(functional, "RANK_BLOCK_ELEMENTS", 36)
+    zs = _logits(3, 6, 2.0, seed=12, dtype=torch.float64).requires_grad_()
+    zt = _logits(3, 6, 2.0, seed=13, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, b: functional.relation_cosine(a, b, relation, 2.0, 0.7), (zs, zt))
+
+
+@pytest.mark.parametrize(("method", "params"), METHOD_CASES)
+def test_loss_gradcheck_float64(method, params):
+    loss = losses.build(method, **params)
+    zs = _logits(4, 5, 2.0, seed=14, dtype=torch.float64).requires_grad_()
+    zt = _logits(4, 5, 2.0, seed=15, dtype=torch.float64)
+    y = _targets(4, 5)
+    assert torch.autograd.gradcheck(lambda z: _total(loss(z, zt, y, 30)), (zs,))
+
+
+def test_rank_relation_interpolates_kendall_tau_and_logit_diff():
+    zs, zt = _logits(4, 12, 2.0, seed=41).double(), _logits(4, 12, 2.0, seed=42).double()
+    sharp = functional.relation_cosine(zs, zt, "rank", 1.0, 1e-6)
+    kendall = [stats.kendalltau(a, b).statistic for a, b in zip(zs.numpy(), zt.numpy())]
+    torch.testing.assert_close(sharp, torch.tensor(kendall, dtype=torch.float64), atol=1e-9, rtol=0)
+    # tanh(x / kappa) ~ x / kappa: the cubic term and COSINE_EPS both leave ~1e-5 at kappa = 1000.
+    linear = functional.relation_cosine(zs, zt, "rank", 1.0, 1e3)
+    torch.testing.assert_close(linear, functional.relation_cosine(zs, zt, "logit_diff", 1.0, 1.0),
+                               atol=1e-4, rtol=0)
+    assert (functional.relation_cosine(zs, zt, "rank", 1.0, 1.0) - linear).abs().max() > 1e-2
+
+
+def test_rank_blocks_equal_the_unblocked_explicit_computation(monkeypatch):
+    zs = _logits(7, 9, 3.0, seed=16, dtype=torch.float64).requires_grad_()
+    zt = _logits(7, 9, 3.0, seed=17, dtype=torch.float64)
+    explicit = F.cosine_similarity(functional.relation_matrix(zs, "rank", 1.0, 0.8).flatten(1),
+                                   functional.relation_matrix(zt, "rank", 1.0, 0.8).flatten(1), dim=1)
+    (explicit_grad,) = torch.autograd.grad(explicit.square().sum(), zs)
+    for block_elements in (81, 2 * 81, 10**6):  # 1 row, 2 rows (uneven split), all rows per block
+        monkeypatch.setattr(functional, "RANK_BLOCK_ELEMENTS", block_elements)
+        blocked = functional.relation_cosine(zs, zt, "rank", 1.0, 0.8)
+        (blocked_grad,) = torch.autograd.grad(blocked.square().sum(), zs)
+        torch.testing.assert_close(blocked, explicit, atol=1e-9, rtol=0)
+        torch.testing.assert_close(blocked_grad, explicit_grad, atol=1e-9, rtol=0)
+
+
+def test_rank_relation_b256_c1000_fits_in_1gib():
+    """Forward + backward at B=256, C=1000 in a fresh process; its peak RSS growth must stay < 1 GiB.
+
+    A fixed glibc mmap threshold makes every large tensor its own mapping, returned on free, so
+    the peak RSS measures live memory rather than allocator slack. An explicit [B, C, C] float32
+    matrix alone would be 977 MiB per side.
+    """
+    script = textwrap.dedent("""
+        import resource, torch
+        from rckd.losses.functional import relation_cosine
+        zs = torch.randn(256, 1000, requires_grad=True)
+        zt = torch.randn(256, 1000)
+        relation_cosine(zs[:2, :10], zt[:2, :10], "rank", 1.0, 1.0).sum().backward()  # warm-up
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        cosine = relation_cosine(zs, zt, "rank", 1.0, 1.0)
+        (1 - cosine).mean().backward()
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert bool(torch.isfinite(zs.grad).all()) and zs.grad.abs().sum() > 0
+        print((after - before) / 1024)
+    """)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                            check=True)
+    extra_mib = float(result.stdout.strip().splitlines()[-1])
+    assert extra_mib < 1024, f"rank relation used {extra_mib:.0f} MiB above its inputs"
+
+
+# --- numerics ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("method", "params"), METHOD_CASES)
+@pytest.mark.parametrize("scale", [1e2, 1e4])
+def test_no_nan_or_inf_for_huge_logits(method, params, scale):
+    loss = losses.build(method, **params)
+    zs = _logits(8, 50, scale, seed=18).clamp(-1e4, 1e4).requires_grad_()
+    zt = _logits(8, 50, scale, seed=19).clamp(-1e4, 1e4)
+    terms = loss(zs, zt, _targets(8, 50), 30)
+    _total(terms).backward()
+    assert all(torch.isfinite(value) for value in terms.values())
+    assert torch.isfinite(zs.grad).all()
+
+
+@pytest.mark.parametrize(("method", "params"), METHOD_CASES)
+def test_bf16_inputs_are_computed_in_float32(method, params):
+    loss = losses.build(method, **params)
+    zs32, zt32 = _logits(8, 20, 3.0, seed=20), _logits(8, 20, 3.0, seed=21)
+    zs = zs32.bfloat16().requires_grad_()
+    y = _targets(8, 20)
+    terms = loss(zs, zt32.bfloat16(), y, 30)
+    _total(terms).backward()
+    assert all(value.dtype == torch.float32 and value.ndim == 0 for value in terms.values())
+    assert zs.grad.dtype == torch.bfloat16 and torch.isfinite(zs.grad.float()).all()
+    reference = loss(zs32.bfloat16().float(), zt32.bfloat16().float(), y, 30)
+    for name, value in terms.items():
+        assert float(value.detach()) == float(reference[name])  # the cast happens first, then float32 math
+
+
+# --- KD, DKD, DIST ----------------------------------------------------------------------------
+
+def test_kd_gradient_sums_to_zero_per_sample():
+    zs = _logits(6, 15, 2.0, seed=22).requires_grad_()
+    zt = _logits(6, 15, 2.0, seed=23)
+    losses.build("kd", ce=0.0)(zs, zt, _targets(6, 15), 1)["kd"].backward()
+    assert zs.grad.abs().max() > 1e-3
+    torch.testing.assert_close(zs.grad.sum(1), torch.zeros(6), atol=1e-7, rtol=0)
+
+
+def test_kd_matches_the_direct_formula():
+    zs, zt = _logits(6, 15, 2.0, seed=24).double(), _logits(6, 15, 2.0, seed=25).double()
+    terms = losses.build("kd", T=3.0)(zs, zt, _targets(6, 15), 1)
+    p_s, p_t = torch.softmax(zs / 3, 1), torch.softmax(zt / 3, 1)
+    direct = 9 * (p_t * torch.log(p_t / p_s)).sum(1).mean()
+    torch.testing.assert_close(terms["kd"], 0.9 * direct, rtol=1e-12, atol=0)
+    torch.testing.assert_close(terms["ce"], 0.1 * F.cross_entropy(zs, _targets(6, 15)), rtol=1e-12, atol=0)
+
+
+def test_kd_splits_into_tckd_and_weighted_nckd():
+    zs, zt = _logits(9, 12, 3.0, seed=26).double(), _logits(9, 12, 3.0, seed=27).double()
+    y = _targets(9, 12, seed=3)
+    T = 4.0
+    tckd, nckd = functional.dkd_divergences(zs, zt, y, T)
+    kl = functional.kl_divergence(F.log_softmax(zt / T, 1), F.log_softmax(zs / T, 1))
+    teacher_target_prob = torch.softmax(zt / T, 1)[torch.arange(9), y]
+    torch.testing.assert_close(kl, tckd + (1 - teacher_target_prob) * nckd, rtol=1e-10, atol=1e-12)
+    # The same identity through the built losses (one sample, alpha = beta = 1, after warm-up).
+    kd = losses.build("kd", ce=0.0, kd=1.0, T=T)(zs[:1], zt[:1], y[:1], 1)["kd"]
+    dkd = losses.build("dkd", alpha=1.0, beta=1.0, T=T)(zs[:1], zt[:1], y[:1], 20)
+    torch.testing.assert_close(kd, dkd["tckd"] + (1 - teacher_target_prob[0]) * dkd["nckd"],
+                               rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_dkd_warmup_scales_with_int_or_tensor_epoch(as_tensor):
+    dkd = losses.build("dkd")
+    zs, zt, y = _logits(5, 10, seed=28), _logits(5, 10, seed=29), _targets(5, 10)
+    full = dkd(zs, zt, y, 20)
+    for epoch, factor in ((0, 0.0), (1, 0.05), (5, 0.25), (19, 0.95), (20, 1.0), (240, 1.0)):
+        terms = dkd(zs, zt, y, torch.tensor(epoch) if as_tensor else epoch)
+        for name in ("tckd", "nckd"):
+            torch.testing.assert_close(terms[name], factor * full[name], rtol=1e-6, atol=0)
+        torch.testing.assert_close(terms["ce"], full["ce"], rtol=0, atol=0)
+    no_warmup = losses.build("dkd", warmup=0)
+    torch.testing.assert_close(no_warmup(zs, zt, y, 0)["nckd"], full["nckd"], rtol=0, atol=0)
+
+
+def test_dist_terms_equal_one_minus_numpy_corrcoef():
+    zs, zt = _logits(16, 10, 2.0, seed=30), _logits(16, 10, 2.0, seed=31)
+    terms = losses.build("dist", T=2.0)(zs, zt, _targets(16, 10), 1)
+    p_s = np.exp(_np_log_softmax(zs.double().numpy() / 2.0))
+    p_t = np.exp(_np_log_softmax(zt.double().numpy() / 2.0))
+    inter = np.mean([1 - np.corrcoef(p_s[i], p_t[i])[0, 1] for i in range(16)])
+    intra = np.mean([1 - np.corrcoef(p_s[:, j], p_t[:, j])[0, 1] for j in range(10)])
+    assert float(terms["inter"]) == pytest.approx(2.0 * 4.0 * inter, rel=1e-5)
+    assert float(terms["intra"]) == pytest.approx(2.0 * 4.0 * intra, rel=1e-5)
+
+
+def test_rckd_prob_diff_rc_equals_the_dist_inter_term():
+    """A consequence worth knowing: with prob_diff, RC is DIST's inter-class relation."""
+    zs, zt, y = _logits(8, 10, 2.0, seed=32), _logits(8, 10, 2.0, seed=33), _targets(8, 10)
+    rc = losses.build("rckd")(zs, zt, y, 1)["rc"]
+    inter = losses.build("dist", kd=1.0)(zs, zt, y, 1)["inter"]
+    torch.testing.assert_close(rc, inter, rtol=0, atol=0)
+
+
+# --- every method -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("method", "params"), METHOD_CASES + [
+    ("kd", {"ce": 0.5, "kd": 2.0, "T": 2.0}),
+    ("dkd", {"beta": 2.0, "alpha": 0.5, "T": 3.0}),
+    ("dist", {"beta": 0.5, "gamma": 3.0}),
+    ("rckd", {"relation": "rank", "kappa": 0.3, "rc": 2.5, "T": 2.0}),
+])
+def test_terms_sum_to_the_directly_computed_loss(method, params):
+    loss = losses.build(method, **params)
+    zs, zt, y = _logits(12, 8, 3.0, seed=34), _logits(12, 8, 3.0, seed=35), _targets(12, 8, seed=5)
+    terms = loss(zs, zt, y, 25)
+    expected_names = {"ce": {"ce"}, "kd": {"ce", "kd"}, "dkd": {"ce", "tckd", "nckd"},
+                      "dist": {"ce", "inter", "intra"}, "rckd": {"ce", "kd", "rc"}}[method]
+    assert set(terms) == expected_names
+    assert all(value.dtype == torch.float32 and value.ndim == 0 for value in terms.values())
+    direct = _np_loss(method, loss.params, zs.double().numpy(), zt.double().numpy(), y.numpy())
+    assert float(_total(terms)) == pytest.approx(direct, rel=1e-5)
+
+
+def test_ce_needs_no_teacher():
+    loss = losses.build("ce")
+    assert (loss.needs_teacher, loss.temperature, loss.params) == (False, None, {})
+    zs, y = _logits(4, 6, seed=36), _targets(4, 6)
+    torch.testing.assert_close(loss(zs, None, y, 0)["ce"], F.cross_entropy(zs, y))
+
+
+@pytest.mark.parametrize(("method", "params"), [("dkd", {}), ("rckd", {"relation": "rank"}), ("dist", {})])
+def test_loss_compiles_as_one_graph_with_a_tensor_epoch(method, params):
+    loss = losses.build(method, **params)
+
+    def total(zs, zt, y, epoch):
+        return _total(loss(zs, zt, y, epoch))
+
+    compiled = torch.compile(total, fullgraph=True, backend="aot_eager")
+    zs, zt, y = _logits(6, 10, seed=37).requires_grad_(), _logits(6, 10, seed=38), _targets(6, 10)
+    for epoch in (torch.tensor(4), torch.tensor(30)):
+        value = compiled(zs, zt, y, epoch)
+        (grad,) = torch.autograd.grad(value, zs)
+        (expected_grad,) = torch.autograd.grad(total(zs, zt, y, int(epoch)), zs)
+        torch.testing.assert_close(value, total(zs, zt, y, int(epoch)))
+        torch.testing.assert_close(grad, expected_grad)
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+def test_available_defaults_and_resolved_params():
+    assert losses.available() == ["ce", "dist", "dkd", "kd", "rckd"]
+    assert losses.defaults("kd") == {"ce": 0.1, "kd": 0.9, "T": 4.0}
+    assert losses.defaults("dkd") == {"ce": 1.0, "alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup": 20.0}
+    assert losses.defaults("dist") == {"ce": 1.0, "kd": 2.0, "beta": 1.0, "gamma": 1.0, "T": 4.0}
+    assert losses.defaults("rckd") == {"ce": 0.1, "kd": 0.9, "rc": 1.0, "T": 4.0,
+                                       "relation": "prob_diff", "kappa": 1.0}
+    losses.defaults("kd")["T"] = 99.0  # a copy: the registry is unchanged
+    assert losses.defaults("kd")["T"] == 4.0
+    loss = losses.build("dkd", beta=2, T=8)
+    assert loss.method == "dkd" and loss.needs_teacher and loss.temperature == 8.0
+    assert loss.params == {"ce": 1.0, "alpha": 1.0, "beta": 2.0, "T": 8.0, "warmup": 20.0}
+    assert json.loads(json.dumps(loss.params)) == loss.params
+    assert all(isinstance(value, float) for value in loss.params.values())
+
+
+@pytest.mark.parametrize(("method", "params", "message"), [
+    ("hinton", {}, "unknown loss method 'hinton'; choose one of: ce, dist, dkd, kd, rckd"),
+    ("kd", {"tau": 4}, "unknown parameter(s) tau for loss 'kd'; allowed: ce, kd, T"),
+    ("ce", {"T": 4}, "allowed: none"),
+    ("kd", {"T": 0}, "T (the softmax temperature) must be > 0"),
+    ("rckd", {"T": -1.0}, "must be > 0"),
+    ("rckd", {"kappa": 0.0}, "kappa (the rank relation's tanh scale) must be > 0"),
+    ("dkd", {"beta": -1}, "beta (a loss weight) must be >= 0"),
+    ("dkd", {"warmup": -5}, "warmup (the DKD warm-up length in epochs, 0 for none) must be >= 0"),
+    ("kd", {"kd": True}, "must be a finite number"),
+    ("kd", {"kd": "0.9"}, "must be a finite number"),
+    ("kd", {"T": float("nan")}, "must be a finite number"),
+    ("rckd", {"relation": "cosine"}, "relation must be one of prob_diff, logit_diff, rank"),
+])
+def test_registry_errors_name_the_allowed_values(method, params, message):
+    with pytest.raises(RckdError) as error:
+        losses.build(method, **params)
+    assert message in str(error.value)
+
+
+def test_call_errors():
+    zs, y = _logits(4, 6, seed=39), _targets(4, 6)
+    with pytest.raises(RckdError, match="needs teacher logits"):
+        losses.build("kd")(zs, None, y, 1)
+    with pytest.raises(RckdError, match="do not match student logits"):
+        losses.build("kd")(zs, _logits(4, 7, seed=40), y, 1)
+    with pytest.raises(RckdError, match=r"shape \[batch, classes>=2\]"):
+        losses.build("ce")(zs[:, :1], None, y, 1)
+    with pytest.raises(RckdError, match="unknown loss method"):
+        losses.defaults("nope")

@@ -1,0 +1,344 @@
+"""evaluate, summarize, table and plot on hand-made run directories, summaries and a tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+
+from rckd import data, models
+from rckd.checkpoint import load_model, save_model
+from rckd.cli import main as cli
+from rckd.errors import RckdError
+from rckd.report import tables
+from rckd.report.summary import COLUMNS, format_params, read_summary, summarize, to_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED = ROOT / "config" / "published.yaml"
+EVAL_KEYS = {"top1", "top5", "nll", "ece", "agreement", "kl_t1", "kl_tm", "tau_all", "tau_nt", "top5_overlap"}
+
+
+def make_run(root: Path, name: str, arch: str, method: str = "ce", teacher: str | None = None, seed: int = 0,
+             params: dict | None = None, best: float = 70.0, final: float | None = None, tau: float | None = None,
+             epochs: int = 4, evaluated: bool = True, dataset: str = "cifar100") -> Path:
+    """A finished run directory as the trainer and `rckd evaluate` leave it."""
+    run = root / name
+    run.mkdir(parents=True)
+    final = best - 0.5 if final is None else final
+    metrics = {"arch": arch, "teacher_arch": teacher, "method": method, "params": params or {}, "seed": seed,
+               "num_params": 1234, "epochs": epochs, "final_top1": final, "best_top1": best, "best_epoch": epochs - 1,
+               "wall_seconds": 12.5, "dataset": dataset, "teacher": None}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    lines = ["epoch,lr,loss_ce,train_top1,test_top1,tau_nt,seconds"]
+    for epoch in range(1, epochs + 1):
+        tau_text = "" if teacher is None else f"{(tau or 0.3) * epoch / epochs:.4f}"
+        lines.append(f"{epoch},0.05,1.0,50.0,{best * epoch / epochs:.2f},{tau_text},1.0")
+    (run / "history.csv").write_text("\n".join(lines) + "\n")
+    if evaluated:
+        record = {"top1": final, "top5": 90.0, "nll": 1.1, "ece": 0.04}
+        if teacher is not None:
+            record.update(agreement=80.0, kl_t1=0.4, kl_tm=0.05, tau_all=0.6, tau_nt=tau or 0.3, top5_overlap=0.7)
+        (run / "eval.json").write_text(json.dumps(record))
+    return run
+
+
+def summary_row(teacher: str, student: str, method: str, seed: int, best: float, params: str = "",
+                final: float | None = None, tau: float | None = None, run: str = "") -> dict:
+    row = {column: "" for column in COLUMNS}
+    row.update(experiment="x", dataset="cifar100", teacher=teacher, student=student, method=method, params=params,
+               seed=seed, epochs=240, num_params=1, best_top1=best, final_top1=best - 1 if final is None else final,
+               wall_seconds=1.0, tau_nt="" if tau is None else tau, run=run)
+    return row
+
+
+def write_summary(path: Path, rows: list[dict]) -> Path:
+    path.write_text(to_csv(rows))
+    return path
+
+
+# --- summarize ----------------------------------------------------------------------------------
+
+
+def test_format_params_is_canonical():
+    assert format_params({"beta": 8, "T": 4.0, "relation": "rank", "warm": True, "alpha": 0.5}) == \
+        "T=4,alpha=0.5,beta=8,relation=rank,warm=true"
+    assert format_params({}) == ""
+
+
+def test_summarize_writes_one_row_per_run(tmp_path):
+    runs = tmp_path / "runs"
+    student = make_run(runs, "s", "resnet20", seed=1, best=69.0, evaluated=False)
+    teacher = make_run(runs, "t", "resnet56", best=72.0)
+    kd = make_run(runs, "kd", "resnet20", "kd", "resnet56", seed=1, params={"kd": 0.9, "T": 4.0}, best=70.5, tau=0.4)
+    out = tmp_path / "results" / "summary.csv"
+    assert cli(["summarize", "--experiment", "main", "--runs", str(kd), str(student), str(teacher), str(teacher),
+                "--out", str(out)]) == 0
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["teacher"], row["student"], row["method"]) for row in rows] == [
+        ("", "resnet20", "ce"), ("", "resnet56", "ce"), ("resnet56", "resnet20", "kd")]
+    ce, _, kd_row = rows
+    assert kd_row["params"] == "T=4,kd=0.9" and kd_row["experiment"] == "main" and kd_row["dataset"] == "cifar100"
+    assert kd_row["tau_nt"] == "0.4" and kd_row["best_top1"] == "70.5" and kd_row["run"] == str(kd)
+    assert all(ce[key] == "" for key in EVAL_KEYS)  # not evaluated: empty, not zero
+    parsed = read_summary(out)
+    assert parsed[0]["top1"] is None and parsed[2]["tau_nt"] == 0.4 and parsed[2]["seed"] == 1
+
+
+def test_summarize_refuses_unfinished_and_duplicate_runs(tmp_path, capsys):
+    (tmp_path / "unfinished").mkdir()
+    assert cli(["summarize", "--experiment", "main", "--runs", str(tmp_path / "unfinished"),
+                "--out", str(tmp_path / "s.csv")]) == 2
+    assert "no metrics.json" in capsys.readouterr().err
+    first, second = make_run(tmp_path, "a", "resnet20"), make_run(tmp_path, "b", "resnet20")
+    with pytest.raises(RckdError, match="same teacher, student, method"):
+        summarize("main", [first, second])
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+def main_rows() -> list[dict]:
+    rows = [summary_row("", "resnet56", "ce", 0, 72.00), summary_row("", "vgg13", "ce", 0, 74.00)]
+    for seed, (vanilla, kd, dkd, dist, rckd) in enumerate([(69.0, 70.0, 71.0, 71.5, 72.0),
+                                                           (69.2, 70.4, 71.2, 71.1, 72.6),
+                                                           (69.4, 70.2, 71.4, 71.3, 72.1)]):
+        rows += [summary_row("", "resnet20", "ce", seed, vanilla),
+                 summary_row("resnet56", "resnet20", "kd", seed, kd, "T=4"),
+                 summary_row("resnet56", "resnet20", "dkd", seed, dkd, "T=4,beta=2"),
+                 summary_row("resnet56", "resnet20", "dist", seed, dist, "T=4"),
+                 summary_row("resnet56", "resnet20", "rckd", seed, rckd, "T=4")]
+    # vgg13 -> vgg8: a single seed, DIST never ran and RCKD finished one seed
+    rows += [summary_row("", "vgg8", "ce", 0, 70.0), summary_row("vgg13", "vgg8", "kd", 0, 72.5, "T=4"),
+             summary_row("vgg13", "vgg8", "dkd", 0, 73.0, "T=4,beta=6"),
+             summary_row("vgg13", "vgg8", "rckd", 0, 73.5, "T=4")]
+    return rows
+
+
+def table_lines(markdown: str, heading: str) -> list[str]:
+    """The table rows under the first heading that contains `heading`."""
+    section = markdown.split(heading, 1)[1].split("\n### ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("|")]
+
+
+def test_main_table_means_stds_bold_deltas_and_missing(tmp_path):
+    summary = write_summary(tmp_path / "summary.csv", main_rows())
+    md, csv_path, paired_path = tmp_path / "table.md", tmp_path / "table.csv", tmp_path / "paired.csv"
+    assert cli(["table", "--experiment", "main", "--summary", str(summary), "--published", str(PUBLISHED),
+                "--out-md", str(md), "--out-csv", str(csv_path), "--out-paired", str(paired_path)]) == 0
+    text = md.read_text()
+    best = table_lines(text, "Main: best-epoch")
+    assert best[0] == "| Teacher → Student | Teacher | Vanilla student | KD | DKD | DIST | RCKD | RCKD − KD |"
+    resnet, vgg = best[2], best[3]
+    kd_std = np.std([70.0, 70.4, 70.2], ddof=1)
+    assert f"| 70.20 ± {kd_std:.2f} |" in resnet
+    assert resnet.startswith("| resnet56 → resnet20 | 72.00 | 69.20 ± 0.20 |")
+    assert "**72.23 ± 0.32**" in resnet and resnet.endswith("| +2.03 |")  # RCKD best; 72.233 - 70.2
+    # one seed: the mean alone, annotated as fewer runs than the column's others; no DIST run: a dash
+    assert vgg == "| vgg13 → vgg8 | 74.00 | 70.00 (n=1) | 72.50 (n=1) | 73.00 (n=1) | — | **73.50 (n=1)** | +1.00 |"
+    assert "0.00 |" not in vgg
+    # the final-epoch table is there too (final = best - 1 in these rows), and named as such
+    final = table_lines(text, "Main: final-epoch")
+    assert final[3].startswith("| vgg13 → vgg8 | 73.00 | 69.00 (n=1) | 71.50 (n=1)")
+    assert text.index("Main: best-epoch") < text.index("Main: final-epoch")
+    # published: measured / published [source] (measured - published), best epoch only
+    published = table_lines(text, "Measured vs published")
+    assert published[0] == "| Teacher → Student | Teacher | Vanilla student | KD | DKD | DIST |"
+    assert "72.00 / 72.34 [1] (-0.34)" in published[2] and "71.20 ± 0.20 / 71.97 [3] (-0.77)" in published[2]
+    assert "71.30 ± 0.20 / 71.75 [2] (-0.45)" in published[2]
+    assert "— / —" in published[3]  # vgg13 -> vgg8 DIST: neither measured nor published
+    assert "[3] https://github.com/megvii-research/mdistiller" in text
+    rows = {row["teacher"]: row for row in csv.DictReader(open(csv_path))}
+    assert rows["vgg13"]["dist_top1_mean"] == "" and rows["vgg13"]["dist_top1_n"] == "0"
+    assert float(rows["resnet56"]["kd_top1_std"]) == pytest.approx(kd_std)
+    assert float(rows["resnet56"]["kd_minus_published"]) == pytest.approx(70.2 - 70.66)
+    assert float(rows["resnet56"]["rckd_minus_kd"]) == pytest.approx((72.0 + 72.6 + 72.1) / 3 - 70.2)
+    assert "rckd_published" not in rows["resnet56"]  # nobody published RCKD numbers
+
+
+def test_paired_comparison_is_a_t_interval_over_matched_seeds(tmp_path):
+    summary = write_summary(tmp_path / "summary.csv", main_rows())
+    paired_path = tmp_path / "paired.csv"
+    cli(["table", "--experiment", "main", "--summary", str(summary), "--out-md", str(tmp_path / "t.md"),
+         "--out-csv", str(tmp_path / "t.csv"), "--out-paired", str(paired_path)])
+    rows = {row["baseline"]: row for row in csv.DictReader(open(paired_path))}
+    kd_differences = np.array([72.0 - 70.0, 72.6 - 70.4, 72.1 - 70.2, 73.5 - 72.5])  # 3 seeds + vgg pair
+    low, high = stats.t.interval(0.95, len(kd_differences) - 1, loc=kd_differences.mean(),
+                                 scale=stats.sem(kd_differences))
+    assert int(rows["kd"]["n"]) == 4 and int(rows["kd"]["pairs"]) == 2 and int(rows["kd"]["wins"]) == 4
+    assert float(rows["kd"]["mean_difference"]) == pytest.approx(kd_differences.mean())
+    assert (float(rows["kd"]["ci95_low"]), float(rows["kd"]["ci95_high"])) == pytest.approx((low, high))
+    assert int(rows["dist"]["n"]) == 3  # vgg8 has no DIST run to pair with
+    markdown = (tmp_path / "t.md").read_text()
+    assert f"| RCKD − KD | 4 (2 pairs) | +{kd_differences.mean():.2f} | [+{low:.2f}, +{high:.2f}] | 4/4 |" in markdown
+    # a single matched run: the interval is undefined, and the table says so
+    one = [summary_row("t", "s", "kd", 0, 70.0), summary_row("t", "s", "rckd", 0, 71.0)]
+    comparison = tables.paired(one, "best_top1", "rckd", "kd")
+    assert comparison.n == 1 and comparison.interval is None and comparison.mean == pytest.approx(1.0)
+    assert "undefined (n=1)" in tables.paired_markdown([comparison], "best")
+
+
+def test_main_table_refuses_two_settings_of_one_method(tmp_path):
+    rows = main_rows() + [summary_row("resnet56", "resnet20", "kd", 0, 70.0, "T=2")]
+    with pytest.raises(RckdError, match="2 settings"):
+        tables.build_report("main", rows_from_csv(tmp_path, rows), "best", None, tmp_path / "summary.csv")
+
+
+def rows_from_csv(tmp_path: Path, rows: list[dict]) -> list[dict]:
+    return read_summary(write_summary(tmp_path / "summary.csv", rows))
+
+
+def test_capacity_table_sorts_teachers_by_their_accuracy(tmp_path):
+    rows = [summary_row("", "resnet20", "ce", 0, 69.0)]
+    for teacher, accuracy in (("resnet32x4", 79.0), ("resnet110", 74.0), ("resnet56", 72.0)):
+        rows.append(summary_row("", teacher, "ce", 0, accuracy))
+        for seed in (0, 1):
+            rows.append(summary_row(teacher, "resnet20", "kd", seed, 70.0 + seed, "T=4", tau=0.30 + 0.02 * seed))
+            rows.append(summary_row(teacher, "resnet20", "rckd", seed, 71.0 + seed, "T=4", tau=0.50))
+    markdown, csv_rows, _ = tables.build_report("capacity", rows_from_csv(tmp_path, rows), "best", PUBLISHED,
+                                                tmp_path / "summary.csv")
+    lines = table_lines(markdown, "Capacity: best-epoch")
+    assert lines[0] == "| Teacher | Teacher top-1 | KD top-1 | KD τ_nt | RCKD top-1 | RCKD τ_nt |"
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| resnet56", "| resnet110", "| resnet32x4"]
+    assert lines[2] == "| resnet56 | 72.00 | 70.50 ± 0.71 | 0.310 ± 0.014 | **71.50 ± 0.71** | 0.500 ± 0.000 |"
+    assert "vanilla: 69.00" in markdown and "Capacity: final-epoch" in markdown
+    assert [row["teacher"] for row in csv_rows] == ["resnet56", "resnet110", "resnet32x4"]
+    assert csv_rows[0]["rckd_tau_nt_mean"] == pytest.approx(0.5)
+
+
+def test_ablation_table_shows_what_varies(tmp_path):
+    rows = [summary_row("", "resnet8x4", "ce", 0, 72.0), summary_row("", "resnet32x4", "ce", 0, 79.0),
+            summary_row("resnet32x4", "resnet8x4", "kd", 0, 73.0, "T=4,kd=0.9", tau=0.3)]
+    for relation, rc, accuracy in (("rank", 1, 74.0), ("rank", 2, 74.5), ("prob_diff", 1, 73.5)):
+        rows.append(summary_row("resnet32x4", "resnet8x4", "rckd", 0, accuracy, f"T=4,rc={rc},relation={relation}",
+                                tau=0.5))
+    markdown, csv_rows, _ = tables.build_report("ablation", rows_from_csv(tmp_path, rows), "best", None,
+                                                tmp_path / "summary.csv")
+    lines = table_lines(markdown, "Ablation: best-epoch")
+    assert lines[2] == "| resnet32x4 | Teacher (CE) | n/a | 79.00 | n/a |"
+    assert lines[3] == "| resnet8x4 | Vanilla | n/a | 72.00 | n/a |"
+    assert lines[4] == "| resnet8x4 | KD | (only setting) | 73.00 | 0.300 |"
+    assert lines[5] == "| resnet8x4 | RCKD | rc=1, relation=prob_diff | 73.50 | 0.500 |"
+    assert lines[7] == "| resnet8x4 | RCKD | rc=2, relation=rank | **74.50** | 0.500 |"
+    assert "RCKD T=4" in markdown  # the fixed parameter is named in the caption
+    assert [row["params"] for row in csv_rows] == ["T=4,kd=0.9", "T=4,rc=1,relation=prob_diff",
+                                                  "T=4,rc=1,relation=rank", "T=4,rc=2,relation=rank"]
+
+
+def test_table_rejects_a_summary_of_two_data_sets(tmp_path):
+    rows = main_rows()
+    rows[0]["dataset"] = "fashion_mnist"
+    with pytest.raises(RckdError, match="2 data sets"):
+        tables.build_report("main", rows_from_csv(tmp_path, rows), "best", None, tmp_path / "summary.csv")
+
+
+# --- plots --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["curves", "capacity", "ablation"])
+def test_each_plot_kind_writes_a_png(tmp_path, kind):
+    runs = tmp_path / "runs"
+    dirs = [make_run(runs, "t1", "resnet56", best=72.0), make_run(runs, "t2", "resnet110", best=74.0)]
+    for seed in (0, 1):
+        dirs.append(make_run(runs, f"s{seed}", "resnet20", seed=seed, best=69.0 + seed))
+        for teacher in ("resnet56", "resnet110"):
+            for method, gain in (("kd", 1.0), ("rckd", 2.0)):
+                dirs.append(make_run(runs, f"{teacher}-{method}-{seed}", "resnet20", method, teacher, seed,
+                                     {"T": 4.0}, best=69.0 + gain + seed, tau=0.3 * gain))
+    if kind == "ablation":  # a second RCKD setting, which only the ablation compares
+        dirs.append(make_run(runs, "variant", "resnet20", "rckd", "resnet56", 0, {"T": 2.0}, best=70.0, tau=0.5))
+    summary = tmp_path / "summary.csv"
+    assert cli(["summarize", "--experiment", "x", "--runs", *map(str, dirs), "--out", str(summary)]) == 0
+    out = tmp_path / f"{kind}.png"
+    assert cli(["plot", "--kind", kind, "--summary", str(summary), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(out) as image:
+        image.verify()
+    with Image.open(out) as image:
+        width, height = image.size
+        assert width > 800 and height > 300
+        assert len(image.convert("L").getcolors(maxcolors=1 << 16)) > 50  # drawn, not a blank canvas
+
+
+def test_curves_need_the_histories(tmp_path, capsys):
+    run = make_run(tmp_path, "kd", "resnet20", "kd", "resnet56", best=70.0)
+    summary = tmp_path / "summary.csv"
+    summary.write_text(to_csv(summarize("x", [run])))
+    (run / "history.csv").unlink()
+    assert cli(["plot", "--kind", "curves", "--summary", str(summary), "--out", str(tmp_path / "c.png")]) == 2
+    assert "history.csv" in capsys.readouterr().err
+
+
+# --- evaluate -----------------------------------------------------------------------------------
+
+OPTIONS = {"num_superclasses": 2, "classes_per_superclass": 3, "train_per_class": 2, "test_per_class": 8, "seed": 0}
+OPTION_ARGS = [arg for key, value in OPTIONS.items() for arg in ("--data-option", f"{key}={value}")]
+
+
+def save_tiny_model(path: Path, arch: str, method: str, params: dict, split: data.Split, seed: int) -> None:
+    torch.manual_seed(seed)
+    model = models.build(arch, num_classes=len(split.classes), in_channels=split.images.shape[1])
+    meta = {"arch": arch, "num_classes": len(split.classes), "in_channels": split.images.shape[1],
+            "input_size": list(split.images.shape[1:]), "dataset": "synthetic", "mean": list(split.mean),
+            "std": list(split.std), "classes": split.classes, "method": method, "params": params, "teacher": None,
+            "teacher_arch": None, "seed": seed, "epochs": 1, "final_top1": 0.0, "best_top1": 0.0, "best_epoch": 1,
+            "rckd_version": "test"}
+    save_model(path, model, meta)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("evaluate")
+    data.prepare("synthetic", root / "data", **OPTIONS)
+    split = data.load("synthetic", root / "data", "test", **OPTIONS)
+    save_tiny_model(root / "student.pt", "resnet8", "kd", {"T": 2.0}, split, seed=1)
+    save_tiny_model(root / "teacher.pt", "resnet8", "ce", {}, split, seed=2)
+    return root / "data", root / "student.pt", root / "teacher.pt"
+
+
+def test_evaluate_writes_metrics_and_fidelity(tiny, tmp_path):
+    data_root, student, teacher = tiny
+    out = tmp_path / "eval.json"
+    assert cli(["evaluate", "--model", str(student), "--teacher", str(teacher), "--data-root", str(data_root),
+                "--out", str(out), "--device", "cpu", "--batch-size", "7", *OPTION_ARGS]) == 0
+    record = json.loads(out.read_text())
+    assert EVAL_KEYS <= set(record) and record["num_test"] == 6 * 8
+    assert record["temperature"] == 2.0  # the student's own KD temperature
+    assert record["teacher_arch"] == "resnet8" and record["dataset"] == "synthetic"
+    # top-1 recomputed independently: normalise by hand, one forward pass of the whole split
+    split = data.load("synthetic", data_root, "test", **OPTIONS)
+    mean = torch.tensor(split.mean).view(1, -1, 1, 1)
+    std = torch.tensor(split.std).view(1, -1, 1, 1)
+    images = (split.images.float() / 255 - mean) / std
+    with torch.no_grad():
+        logits = load_model(student)[0](images)
+        teacher_logits = load_model(teacher)[0](images)
+    assert record["top1"] == pytest.approx((logits.argmax(1) == split.labels).float().mean().item() * 100)
+    assert record["agreement"] == pytest.approx((logits.argmax(1) == teacher_logits.argmax(1)).float().mean().item()
+                                                * 100)
+    assert 0 <= record["ece"] <= 1 and record["nll"] > 0 and -1 <= record["tau_nt"] <= 1
+
+
+def test_evaluate_without_teacher_and_with_a_wrong_one(tiny, tmp_path, capsys):
+    data_root, student, teacher = tiny
+    out = tmp_path / "eval.json"
+    assert cli(["evaluate", "--model", str(teacher), "--data-root", str(data_root), "--out", str(out),
+                "--device", "cpu", *OPTION_ARGS]) == 0
+    record = json.loads(out.read_text())
+    assert record["teacher"] is None and "tau_nt" not in record and record["top5"] >= record["top1"]
+    other = tmp_path / "other.pt"
+    split = data.load("synthetic", data_root, "test", **OPTIONS)
+    save_tiny_model(other, "resnet8", "ce", {}, split, seed=3)
+    payload = torch.load(other, weights_only=True)
+    payload["meta"]["dataset"] = "cifar100"
+    torch.save(payload, other)
+    assert cli(["evaluate", "--model", str(student), "--teacher", str(other), "--data-root", str(data_root),
+                "--out", str(tmp_path / "bad.json"), "--device", "cpu", *OPTION_ARGS]) == 2
+    assert "does not match student" in capsys.readouterr().err
+    assert not (tmp_path / "bad.json").exists()
