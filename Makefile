@@ -24,8 +24,8 @@ demo: $(VENV)/.installed  ## the whole DAG on synthetic data, on CPU, in minutes
 test: $(VENV)/.installed  ## the test suite (CPU)
 	$(BIN)/pytest -q
 
-paper: $(VENV)/.installed  ## the paper's CIFAR-100 experiments (GPU; set CORES)
-	$(SNAKEMAKE) --use-conda
+paper: $(VENV)/.installed  ## the paper's CIFAR-100 experiments in .venv (GPU; set CORES)
+	$(SNAKEMAKE)
 
 fashion: $(VENV)/.installed  ## the main experiment on Fashion-MNIST (GPU, minutes)
 	$(SNAKEMAKE) --configfile config/fashion.yaml

@@ -164,6 +164,12 @@ def test_quick_dag_end_to_end(tmp_path):
     latency = read_csv(results / "deploy" / "latency.csv")
     assert latency and all(float(row["p50_ms"]) > 0 for row in latency)
 
+    report = snakemake(tmp_path, *configs, "--report", "report.html")
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (tmp_path / "report.html").read_text()
+    for name in ("summary.csv", "table.csv", "curves.png", "capacity.png", "ablation.png", "latency.png"):
+        assert name in html
+
     again = snakemake(tmp_path, *configs, "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 

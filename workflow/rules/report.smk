@@ -57,7 +57,7 @@ rule plot:
     output:
         report(
             f"{RESULTS}/{{experiment}}/{{kind}}.png",
-            caption="../report/{kind}.rst",
+            caption="../report/plot.rst",
             category="{experiment}",
             labels={"experiment": "{experiment}", "output": "{kind}"},
         ),
