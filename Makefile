@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
+# GPU job slots for `make paper`: GPUs x train.jobs_per_gpu, so snakemake queues training jobs
+# instead of starting more than the GPUs take.
+GPU_SLOTS ?= 2
 SNAKEMAKE := $(BIN)/snakemake --cores $(CORES)
 
 .PHONY: demo test paper fashion report lint dry-run clean
@@ -24,11 +27,11 @@ demo: $(VENV)/.installed  ## the whole DAG on synthetic data, on CPU, in minutes
 test: $(VENV)/.installed  ## the test suite (CPU)
 	$(BIN)/pytest -q
 
-paper: $(VENV)/.installed  ## the paper's CIFAR-100 experiments in .venv (GPU; set CORES)
-	$(SNAKEMAKE)
+paper: $(VENV)/.installed  ## the paper's CIFAR-100 experiments in .venv (GPU; set CORES, GPU_SLOTS)
+	$(SNAKEMAKE) --resources gpu=$(GPU_SLOTS)
 
-fashion: $(VENV)/.installed  ## the main experiment on Fashion-MNIST (GPU, minutes)
-	$(SNAKEMAKE) --configfile config/fashion.yaml
+fashion: $(VENV)/.installed  ## the main experiment on Fashion-MNIST (GPU)
+	$(SNAKEMAKE) --configfile config/fashion.yaml --resources gpu=$(GPU_SLOTS)
 
 report: $(VENV)/.installed  ## report.html of the default config's results
 	$(SNAKEMAKE) --report results/cifar100/report.html

@@ -12,8 +12,6 @@ those measured on the test split at export time (rckd.* metadata).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import platform
 import time
@@ -29,7 +27,7 @@ import torch
 from rckd import models
 from rckd.deploy import CPU, CUDA, TENSORRT, ModelInfo, open_session, read_info, usable_providers
 from rckd.errors import RckdError
-from rckd.io import atomic_path, write_text
+from rckd.io import atomic_path, write_csv
 
 SLICE_SECONDS = 0.05  # each engine runs this long per round before the next engine's turn
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -184,13 +182,10 @@ def bench(paths: Sequence[Path], batch_sizes: Sequence[int], threads: int, warmu
     return rows
 
 
-def to_csv(rows: Sequence[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: f"{value:.6g}" if isinstance(value, float) else value for key, value in row.items()})
-    return buffer.getvalue()
+def _rounded(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with floats to 6 significant digits, as latency.csv holds them."""
+    return [{key: f"{value:.6g}" if isinstance(value, float) else value for key, value in row.items()}
+            for row in rows]
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -249,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     if min(args.batch_sizes) < 1 or args.threads < 1 or args.warmup < 0 or args.min_iters < 1:
         raise RckdError("need batch sizes >= 1, --threads >= 1, --warmup >= 0 and --min-iters >= 1")
     rows = bench(args.models, args.batch_sizes, args.threads, args.warmup, args.min_iters, args.min_seconds)
-    write_text(args.out, to_csv(rows))
+    write_csv(args.out, _rounded(rows), COLUMNS)
     if args.plot:
         plot(rows, args.plot)
     for row in rows:

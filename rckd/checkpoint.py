@@ -17,7 +17,7 @@ from rckd.io import atomic_path
 
 # Keys every model.pt carries in its "meta" dict.
 META_KEYS = (
-    "arch", "num_classes", "in_channels", "input_size", "dataset", "mean", "std", "classes",
+    "arch", "num_classes", "in_channels", "input_size", "dataset", "data_options", "mean", "std", "classes",
     "method", "params", "teacher", "teacher_arch", "seed", "epochs", "final_top1", "best_top1",
     "best_epoch", "rckd_version",
 )
@@ -49,13 +49,6 @@ def save_model(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) 
         raise ValueError(f"model metadata lacks {missing}")
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     save_torch(path, {"state_dict": state, "meta": dict(meta)})
-
-
-def load_meta(path: str | os.PathLike) -> dict[str, Any]:
-    payload = load_torch(path, "model")
-    if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
-        raise RckdError(f"{path} is not an rckd model file (no state_dict/meta); rerun its training rule")
-    return payload["meta"]
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -15,7 +15,7 @@ import glob
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Union
@@ -36,6 +36,37 @@ TENSORRT = "TensorrtExecutionProvider"
 CONVERTIBLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, list) and all(check(item) for item in value)
+
+
+# What each rckd.* metadata value must decode to: (check, description for the error message).
+_METADATA_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "num_classes": (_is_integer, "an integer"),
+    "classes": (_list_of(_is_text), "a list of strings"),
+    "input_shape": (_list_of(_is_integer), "a list of integers"),
+    "mean": (_list_of(_is_number), "a list of numbers"),
+    "std": (_list_of(_is_number), "a list of numbers"),
+    "params": (lambda value: isinstance(value, dict), "an object"),
+    "teacher": (lambda value: value is None or isinstance(value, str), "a string or null"),
+    "teacher_arch": (lambda value: value is None or isinstance(value, str), "a string or null"),
+    **{name: (_is_number, "a number") for name in ("top1", "fp32_top1", "torch_top1")},
+    **{name: (_is_text, "a string") for name in ("arch", "dataset", "method", "precision", "rckd_version")},
+}
 
 
 @dataclass(frozen=True)
@@ -77,6 +108,11 @@ class ModelInfo:
             values = {name: json.loads(props[METADATA_PREFIX + name]) for name in names}
         except json.JSONDecodeError as err:
             raise RckdError(f"{source}: rckd metadata is not valid JSON ({err}); re-export it") from None
+        wrong = [f"{name} is {props[METADATA_PREFIX + name]} (expected {expected})"
+                 for name, (check, expected) in _METADATA_TYPES.items() if not check(values[name])]
+        if wrong:
+            raise RckdError(f"{source}: rckd metadata of the wrong type: {'; '.join(wrong)}; "
+                            "re-export it with `rckd export`")
         info = cls(**values)
         channels = info.input_shape[0] if len(info.input_shape) == 3 else None
         if channels not in (1, 3) or len(info.mean) != channels or len(info.std) != channels:

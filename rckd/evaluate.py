@@ -15,6 +15,7 @@ import torch
 
 from rckd import data, losses, metrics
 from rckd.checkpoint import load_model
+from rckd.device import add_threads_argument, resolve_device, set_threads
 from rckd.errors import RckdError
 from rckd.io import write_json
 from rckd.data.prepare import parse_option
@@ -22,16 +23,6 @@ from rckd.train import predict_logits
 
 FALLBACK_TEMPERATURE = 4.0  # for methods without a temperature (e.g. a `ce` model compared to a teacher)
 ECE_BINS = 15
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> CUDA when present, else CPU; an explicit CUDA request on a machine without one is an error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RckdError(f"--device {name} asked for CUDA, but torch sees no GPU here; use --device cpu or auto")
-    return device
 
 
 def fidelity_temperature(meta: dict[str, Any]) -> float:
@@ -65,7 +56,7 @@ def evaluate(model_path: Path, data_root: Path, teacher_path: Path | None = None
             f"{data_root} has {len(split.classes)}; pass the --data-option values the model was trained with"
         )
     images, labels = split.images.to(target_device), split.labels.to(target_device)
-    logits = predict_logits(model, images, split, batch_size)
+    logits = predict_logits(model, images, split.mean, split.std, batch_size)
     values = {
         **metrics.topk_accuracy(logits, labels, ks=(1, 5)),
         "nll": metrics.nll(logits, labels),
@@ -79,7 +70,7 @@ def evaluate(model_path: Path, data_root: Path, teacher_path: Path | None = None
     if teacher_path is not None:
         teacher, teacher_meta = load_model(teacher_path, target_device)
         _check_same_task(model_path, meta, teacher_path, teacher_meta)
-        teacher_logits = predict_logits(teacher, images, split, batch_size)
+        teacher_logits = predict_logits(teacher, images, split.mean, split.std, batch_size)
         temperature = fidelity_temperature(meta)
         values.update(metrics.fidelity(logits, teacher_logits, labels, temperature))
         values["teacher_top1"] = metrics.topk_accuracy(teacher_logits, labels, ks=(1,))["top1"]
@@ -97,9 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1000, help="test images per forward pass")
     parser.add_argument("--data-option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
                         help="data set option the model was trained with (synthetic sizes, seed); repeatable")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     record = evaluate(args.model, args.data_root, args.teacher, args.device, args.batch_size,
                       dict(args.data_option))
     write_json(args.out, record)

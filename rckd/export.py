@@ -32,6 +32,7 @@ from rckd.checkpoint import load_model
 from rckd.data.augment import normalize
 from rckd.data.prepare import parse_option
 from rckd.deploy import CPU, METADATA_PREFIX, ModelInfo, open_session
+from rckd.device import add_threads_argument, set_threads
 from rckd.errors import RckdError
 from rckd.io import atomic_path, write_json
 from rckd.metrics import topk_accuracy
@@ -93,8 +94,10 @@ def with_metadata(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
     return tagged
 
 
-def onnx_logits(model_bytes: bytes, images: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
-    session = open_session(model_bytes, [CPU])
+def onnx_logits(model_bytes: bytes, images: np.ndarray, batch_size: int = EVAL_BATCH,
+                threads: int | None = None) -> np.ndarray:
+    """Logits of onnxruntime on the CPU, with `threads` intra-op threads (None: onnxruntime's default)."""
+    session = open_session(model_bytes, [CPU], threads)
     return np.concatenate([
         session.run([OUTPUT_NAME], {INPUT_NAME: images[start:start + batch_size]})[0]
         for start in range(0, len(images), batch_size)
@@ -196,16 +199,17 @@ def _write_onnx(path: Path, proto: onnx.ModelProto) -> int:
 
 def export(model: nn.Module, meta: dict[str, Any], test_images: torch.Tensor, test_labels: torch.Tensor,
            out: str | Path, *, int8_out: str | Path | None = None,
-           calibration_images: torch.Tensor | None = None) -> dict[str, Any]:
+           calibration_images: torch.Tensor | None = None, threads: int | None = None) -> dict[str, Any]:
     """Export, gate, write `out` (and `int8_out`); returns the export report.
 
     Images are normalised float32 [N, C, H, W] exactly as the model saw them in training;
-    `meta` holds the checkpoint.META_KEYS of the model.
+    `meta` holds the checkpoint.META_KEYS of the model; `threads` sets the onnxruntime sessions
+    that check the files (None: onnxruntime's default).
     """
     if int8_out is not None and calibration_images is None:
         raise ValueError("int8 export needs calibration images")
     fp32 = to_onnx(model, meta["input_size"])
-    fp32_logits = onnx_logits(fp32.SerializeToString(), test_images.numpy())
+    fp32_logits = onnx_logits(fp32.SerializeToString(), test_images.numpy(), threads=threads)
     parity = compare(fp32_logits, torch_logits(model, test_images), test_labels)
     check_parity(parity, meta["arch"])
     info = ModelInfo(
@@ -226,7 +230,7 @@ def export(model: nn.Module, meta: dict[str, Any], test_images: torch.Tensor, te
     }
     if int8_out is not None:
         int8 = quantize_int8(fp32, calibration_images.numpy())
-        int8_logits = onnx_logits(int8.SerializeToString(), test_images.numpy())
+        int8_logits = onnx_logits(int8.SerializeToString(), test_images.numpy(), threads=threads)
         int8_top1 = top1(int8_logits, test_labels)
         report.update({
             "int8": str(int8_out), "int8_top1": int8_top1,
@@ -248,9 +252,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-size", type=int, default=512,
                         help="training images used to calibrate the INT8 ranges (default 512)")
     parser.add_argument("--report", required=True, type=Path, help="export.json to write")
+    add_threads_argument(parser, "torch and the onnxruntime sessions that check the files")
 
 
 def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     if args.calibration_size < 1:
         raise RckdError(f"--calibration-size must be at least 1, got {args.calibration_size}")
     model, meta = load_model(args.model)
@@ -268,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
         chosen = train.images[calibration_indices(len(train.images), args.calibration_size)]
         calibration = normalize(chosen, meta["mean"], meta["std"])
     report = export(model, meta, normalize(test.images, meta["mean"], meta["std"]), test.labels, args.out,
-                    int8_out=args.int8_out, calibration_images=calibration)
+                    int8_out=args.int8_out, calibration_images=calibration, threads=args.threads or None)
     report["model"] = str(args.model)
     write_json(args.report, report)
     int8 = f", int8 top-1 {report['int8_top1']:.2f}%" if report["int8"] else ""

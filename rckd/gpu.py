@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-DEFAULT_LOCK_DIR = Path(os.environ.get("RCKD_GPU_LOCK_DIR", "/tmp/rckd-gpu-locks"))
+# Per user: another user's lock directory would not be writable (and their jobs not ours to count).
+DEFAULT_LOCK_DIR = Path(os.environ.get("RCKD_GPU_LOCK_DIR", f"/tmp/rckd-gpu-locks-{os.getuid()}"))
 
 
 @dataclass

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from rckd.losses.functional import kl_divergence as log_kl_divergence
+
 # Rows x ordered column pairs per chunk in `kendall_tau` (each temporary holds this many floats).
 _TAU_CHUNK_ELEMENTS_CPU = 1 << 21
 _TAU_CHUNK_ELEMENTS_CUDA = 1 << 24
@@ -57,7 +59,7 @@ def kl_divergence(logits_p: torch.Tensor, logits_q: torch.Tensor, temperature: f
     """KL(p || q) between softmax(logits / T) distributions: summed over classes, mean over samples."""
     log_p = (logits_p.float() / temperature).log_softmax(dim=1)
     log_q = (logits_q.float() / temperature).log_softmax(dim=1)
-    return F.kl_div(log_q, log_p, reduction="sum", log_target=True) / len(logits_p)
+    return log_kl_divergence(log_p, log_q).mean()
 
 
 def _signs(left: torch.Tensor, right: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

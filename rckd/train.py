@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
 import math
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,12 @@ from tqdm import tqdm
 
 from rckd import __version__, data, losses, models
 from rckd.checkpoint import load_model, load_torch, save_model, save_torch
-from rckd.data.augment import TrainBatches, eval_batches
+from rckd.data.augment import TrainBatches, eval_inputs
 from rckd.data.prepare import parse_option
 from rckd.errors import RckdError
-from rckd.io import write_json, write_text
+from rckd.device import resolve_device
+from rckd.gpu import DEFAULT_LOCK_DIR, GpuSlot, claim, try_claim
+from rckd.io import write_csv, write_json
 from rckd.metrics import kendall_tau
 
 TAU_SUBSET = 1000  # fixed test images on which the per-epoch rank fidelity to the teacher is logged
@@ -69,16 +70,18 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "checkpoint_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise RckdError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 < self.lr_decay <= 1:
-            raise RckdError("need lr > 0, weight_decay >= 0, 0 <= momentum < 1 and 0 < lr_decay <= 1")
-        if list(self.milestones) != sorted(self.milestones) or any(m < 1 for m in self.milestones):
+        for name, ok, rule in (("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                               ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+                               ("lr_decay", 0 < self.lr_decay <= 1, "in (0, 1]")):
+            if not ok:
+                raise RckdError(f"{name} must be {rule}, got {getattr(self, name)}")
+        if list(self.milestones) != sorted(set(self.milestones)) or any(m < 1 for m in self.milestones):
             raise RckdError(f"milestones must be increasing positive epochs, got {list(self.milestones)}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise RckdError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.compile not in ("auto", "none", "reduce-overhead"):
             raise RckdError(f"compile must be auto, none or reduce-overhead, got {self.compile!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise RckdError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        resolve_device(self.device)
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
@@ -86,32 +89,28 @@ def lr_at(config: TrainConfig, epoch: int) -> float:
     return config.lr * config.lr_decay ** sum(epoch >= m for m in config.milestones)
 
 
-def _pick_device(config: TrainConfig) -> torch.device:
-    if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RckdError(f"--device {config.device} asked for CUDA but torch sees no GPU; use --device cpu")
-    if config.device.startswith("cuda:"):
-        return torch.device(config.device)
+def _pick_device(config: TrainConfig) -> tuple[torch.device, GpuSlot | None]:
+    """The training device, and the GPU slot claimed for it (held until the process exits)."""
+    device = resolve_device(config.device)
     # Under SLURM the scheduler already gave this job its GPU; slots are for sharing one machine.
-    if config.gpu_slots > 0 and "SLURM_JOB_ID" not in os.environ:
-        from rckd.gpu import claim
-
+    if device != torch.device("cuda") or config.gpu_slots < 1 or "SLURM_JOB_ID" in os.environ:
+        return device, None
+    slot = try_claim(torch.cuda.device_count(), config.gpu_slots)
+    if slot is None:
+        print(f"waiting for a free GPU slot ({config.gpu_slots} per GPU, locks in {DEFAULT_LOCK_DIR})", flush=True)
         slot = claim(torch.cuda.device_count(), config.gpu_slots)
-        print(f"claimed GPU {slot.gpu} slot {slot.slot}", flush=True)
-        _HELD_SLOTS.append(slot)  # held until the process exits
-        return torch.device(f"cuda:{slot.gpu}")
-    return torch.device("cuda")
-
-
-_HELD_SLOTS: list[Any] = []
+    print(f"claimed GPU {slot.gpu} slot {slot.slot}", flush=True)
+    torch.cuda.set_device(slot.gpu)
+    return torch.device(f"cuda:{slot.gpu}"), slot
 
 
 def _load_teacher(config: TrainConfig, train: data.Split, device: torch.device) -> tuple[nn.Module, dict]:
     if config.teacher is None:
         raise RckdError(f"method {config.method!r} distils from a teacher: pass --teacher PATH/model.pt")
     teacher, meta = load_model(config.teacher, device)
-    expected = {"dataset": config.dataset, "num_classes": len(train.classes), "in_channels": train.images.shape[1]}
+    expected = {"dataset": config.dataset, "data_options": train_data_options(config),
+                "num_classes": len(train.classes), "in_channels": train.images.shape[1],
+                "input_size": list(train.images.shape[1:])}
     wrong = {key: meta.get(key) for key, value in expected.items() if meta.get(key) != value}
     if wrong:
         raise RckdError(
@@ -123,39 +122,41 @@ def _load_teacher(config: TrainConfig, train: data.Split, device: torch.device) 
     return teacher, meta
 
 
-def _history_csv(rows: list[dict[str, Any]]) -> str:
-    columns: list[str] = []
-    for row in rows:
-        columns += [key for key in row if key not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+def train_data_options(config: TrainConfig) -> dict[str, Any]:
+    """The data set's options with defaults filled in: two runs on the same data have the same."""
+    return data.datasets.resolve_options(config.dataset, config.data_options)
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, split: data.Split, batch_size: int,
-                   autocast: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
-    """Logits of a whole (unaugmented) split, concatenated in order, in float32."""
-    outputs = []
-    for x, _ in eval_batches(images, torch.zeros(len(images), dtype=torch.long, device=images.device),
-                             batch_size, split.mean, split.std):
-        with autocast or contextlib.nullcontext():
-            outputs.append(model(x).float())
-    return torch.cat(outputs)
+def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                   batch_size: int, channels_last: bool = False) -> torch.Tensor:
+    """float32 logits of unaugmented uint8 images, in order; meant for an eager model in eval mode."""
+    return torch.cat([model(x).float() for x in eval_inputs(images, batch_size, mean, std,
+                                                             channels_last=channels_last)])
+
+
+def _resolved_modes(config: TrainConfig, device: torch.device) -> tuple[str, str]:
+    """(precision, compile mode) with "auto" decided: bf16 and CUDA graphs on CUDA, fp32 eager on CPU."""
+    on_cuda = device.type == "cuda"
+    precision = config.precision if config.precision != "auto" else ("bf16" if on_cuda else "fp32")
+    compile_mode = config.compile if config.compile != "auto" else ("reduce-overhead" if on_cuda else "none")
+    if compile_mode != "none" and not on_cuda:
+        raise RckdError("compile reduce-overhead captures CUDA graphs and needs CUDA; use --compile none on CPU")
+    return precision, compile_mode
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train one run into `config.out`; resumes from `resume.pt` there. Returns the metrics dict."""
     config.validate()
     loss_fn = losses.build(config.method, **config.params)
+    if not loss_fn.needs_teacher and config.teacher is not None:
+        raise RckdError(f"method {config.method!r} trains without a teacher; drop --teacher")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = _pick_device(config)
+    device, _slot = _pick_device(config)  # the slot's lock is held while `_slot` lives
+    precision, compile_mode = _resolved_modes(config, device)
+    identity = _config_identity(config, precision, compile_mode)
     on_cuda = device.type == "cuda"
-    precision = config.precision if config.precision != "auto" else ("bf16" if on_cuda else "fp32")
-    compile_mode = config.compile if config.compile != "auto" else ("reduce-overhead" if on_cuda else "none")
     memory_format = torch.channels_last if on_cuda else torch.contiguous_format
 
     train_split = data.load(config.dataset, config.data_root, "train", **config.data_options)
@@ -169,8 +170,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if loss_fn.needs_teacher:
         teacher, teacher_meta = _load_teacher(config, train_split, device)
         teacher = teacher.to(memory_format=memory_format)
-    elif config.teacher is not None:
-        raise RckdError(f"method {config.method!r} trains without a teacher; drop --teacher")
 
     optimizer = torch.optim.SGD(student.parameters(), lr=lr_at(config, 0), momentum=config.momentum,
                                 weight_decay=config.weight_decay, fused=on_cuda)
@@ -178,25 +177,43 @@ def train(config: TrainConfig) -> dict[str, Any]:
     batches = TrainBatches(train_split.images.to(device), train_split.labels.to(device), config.batch_size,
                            train_split.mean, train_split.std, generator=generator, channels_last=on_cuda)
     test_images, test_labels = test_split.images.to(device), test_split.labels.to(device)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
-    run_student = torch.compile(student, mode=compile_mode) if compile_mode != "none" else student
-    run_teacher = teacher
-    if teacher is not None and compile_mode != "none":
-        run_teacher = torch.compile(teacher, mode=compile_mode)
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    # Shapes are fixed (batch_size, and one more graph for a short last batch): no dynamic shapes.
+    compiled = (lambda model: torch.compile(model, mode=compile_mode, dynamic=False)) if compile_mode != "none" \
+        else (lambda model: model)
+    run_student = compiled(student)
+    run_teacher = compiled(teacher) if teacher is not None else None
+
+    def evaluate_test() -> torch.Tensor:
+        """Test logits from the eager student in fp32, so accuracy and tau do not depend on bf16 ties."""
+        student.eval()
+        logits = predict_logits(student, test_images, test_split.mean, test_split.std, config.eval_batch_size,
+                                channels_last=on_cuda)
+        student.train()
+        return logits
 
     # Teacher logits on a fixed test subset, for the per-epoch non-target Kendall tau.
     subset = torch.randperm(len(test_images), generator=torch.Generator().manual_seed(TAU_SUBSET_SEED))
     subset = subset[:TAU_SUBSET].to(device)
     teacher_subset_logits = None
     if teacher is not None:
-        teacher_subset_logits = predict_logits(teacher, test_images[subset], test_split, config.eval_batch_size)
+        teacher_subset_logits = predict_logits(teacher, test_images[subset], test_split.mean, test_split.std,
+                                               config.eval_batch_size, channels_last=on_cuda)
 
     start_epoch, history, elapsed = 0, [], 0.0
     resume_path = out / "resume.pt"
     if resume_path.exists():
         state = load_torch(resume_path, "resume checkpoint")
-        if state.get("config") != _config_identity(config):
-            raise RckdError(f"{resume_path} belongs to a different run configuration; delete it to start afresh")
+        saved = state.get("config") if isinstance(state, dict) else None
+        if not isinstance(saved, dict):
+            raise RckdError(f"{resume_path} is not an rckd resume checkpoint; delete it to start afresh")
+        if saved != identity:
+            changed = sorted(key for key in identity.keys() | saved.keys() if identity.get(key) != saved.get(key))
+            raise RckdError(f"{resume_path} belongs to a different run configuration (differs in {changed}); "
+                            f"delete it to start afresh")
         student.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         batches.load_state_dict(state["batches"])
@@ -210,19 +227,22 @@ def train(config: TrainConfig) -> dict[str, Any]:
         for group in optimizer.param_groups:
             group["lr"] = lr
         student.train()
+        epoch_number = epoch + 1  # losses count epochs from 1 (DKD's warm-up, as in mdistiller)
         term_sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=device, dtype=torch.long)
         show_bar = sys.stderr.isatty()
         for x, y in tqdm(batches, total=len(batches), disable=not show_bar, leave=False,
                          desc=f"epoch {epoch + 1}/{config.epochs}"):
+            if compile_mode != "none":
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
             with autocast():
-                logits_s = run_student(x)
                 logits_t = None
                 if run_teacher is not None:
                     with torch.inference_mode():
                         logits_t = run_teacher(x)
                     logits_t = logits_t.clone()  # a normal tensor autograd may save (and safe from graph replay)
-            terms = loss_fn(logits_s, logits_t, y, epoch + 1)  # epochs count from 1 inside losses (DKD warm-up)
+                logits_s = run_student(x)
+            terms = loss_fn(logits_s, logits_t, y, epoch_number)
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -240,8 +260,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 f"non-finite loss in epoch {epoch + 1}: term(s) {', '.join(bad)} = "
                 f"{[mean_terms[name] for name in bad]}; lower the lr or check the data and teacher"
             )
-        student.eval()
-        test_logits = predict_logits(run_student, test_images, test_split, config.eval_batch_size, autocast())
+        test_logits = evaluate_test()
         test_top1 = (test_logits.argmax(1) == test_labels).float().mean().item() * 100
         tau_nt = ""
         if teacher_subset_logits is not None:
@@ -256,7 +275,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
         if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
             save_torch(resume_path, {
-                "config": _config_identity(config), "epoch": epoch + 1, "history": history,
+                "config": identity, "epoch": epoch + 1, "history": history,
                 "elapsed": elapsed, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
                 "batches": batches.state_dict(), "cpu_rng": torch.get_rng_state(),
             })
@@ -269,11 +288,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "seed": config.seed, "epochs": config.epochs, "num_params": sum(p.numel() for p in student.parameters()),
         "final_top1": history[-1]["test_top1"], "best_top1": best["test_top1"], "best_epoch": best["epoch"],
         "wall_seconds": round(elapsed, 2), "device": str(device), "precision": precision,
-        "compile": compile_mode, "train_config": _config_identity(config),
+        "compile": compile_mode, "train_config": identity,
     }
     meta = {
         "arch": config.arch, "num_classes": num_classes, "in_channels": in_channels,
         "input_size": list(train_split.images.shape[1:]), "dataset": config.dataset,
+        "data_options": train_data_options(config),
         "mean": list(train_split.mean), "std": list(train_split.std), "classes": list(train_split.classes),
         "method": config.method, "params": loss_fn.params, "teacher": metrics["teacher"],
         "teacher_arch": metrics["teacher_arch"], "seed": config.seed, "epochs": config.epochs,
@@ -281,16 +301,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "rckd_version": __version__,
     }
     # history and metrics first, model.pt last: model.pt is what marks the run complete.
-    write_text(out / "history.csv", _history_csv(history))
+    write_csv(out / "history.csv", history)
     write_json(out / "metrics.json", metrics)
     save_model(out / "model.pt", student, meta)
     resume_path.unlink(missing_ok=True)  # the finished run no longer needs it (it holds 2-3x the weights)
     return metrics
 
 
-def _config_identity(config: TrainConfig) -> dict[str, Any]:
-    """What must match for a resume to be valid (paths and device choice may differ)."""
-    identity = asdict(config)
+def _config_identity(config: TrainConfig, precision: str, compile_mode: str) -> dict[str, Any]:
+    """What must match for a resume to be valid (paths and device choice may differ; the resolved
+    precision and compile mode may not: a bf16 run must not silently continue in fp32)."""
+    identity = asdict(config) | {"precision": precision, "compile": compile_mode}
     for key in ("out", "data_root", "device", "gpu_slots", "checkpoint_every", "eval_batch_size"):
         identity.pop(key)
     identity["teacher"] = str(config.teacher) if config.teacher else None

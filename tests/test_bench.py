@@ -8,48 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from torch import nn
 
-from rckd import models
 from rckd.bench import latency_stats, time_interleaved
 from rckd.cli import main as cli
-from rckd.data.augment import normalize
 from rckd.deploy import CPU, open_session, read_info
-from rckd.export import export
 
-SIZE = 16
-MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from conftest import export_tiny, toy_meta
 
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory) -> Path:
     """resnet20 (random weights, settled BatchNorm) exported as model.onnx + model.int8.onnx."""
-    torch.manual_seed(0)
-    model = models.build("resnet20", num_classes=5)
-    generator = torch.Generator().manual_seed(0)
-    images = normalize(torch.randint(0, 256, (40, 3, SIZE, SIZE), dtype=torch.uint8, generator=generator), MEAN, STD)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None
-    with torch.no_grad():
-        model.train()(images)
-    meta = {"arch": "resnet20", "num_classes": 5, "input_size": [3, SIZE, SIZE], "dataset": "synthetic",
-            "mean": MEAN, "std": STD, "classes": list("abcde"), "method": "dkd", "params": {},
-            "teacher": "t/model.pt", "teacher_arch": "resnet56"}
-    out = tmp_path_factory.mktemp("student")
-    export(model.eval(), meta, images[:20], torch.arange(20) % 5, out / "model.onnx",
-           int8_out=out / "model.int8.onnx", calibration_images=images[20:])
-    return out / "model.onnx"
+    meta = toy_meta("resnet20", list("abcde"), method="dkd", params={}, teacher_arch="resnet56")
+    return export_tiny(tmp_path_factory.mktemp("student") / "model.onnx", meta, int8=True)[1]
 
 
 def test_latency_stats_of_known_times():

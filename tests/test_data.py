@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import pickle
+import shlex
 import tarfile
 import urllib.error
 
@@ -18,6 +20,7 @@ from torchvision.datasets import CIFAR100
 
 from rckd import cli, data
 from rckd.data import augment, cache, datasets, synthetic
+from rckd.data.prepare import add_arguments as add_prepare_arguments
 from rckd.errors import RckdError
 
 SMALL = dict(num_superclasses=3, classes_per_superclass=4, train_per_class=5, test_per_class=2)
@@ -354,6 +357,34 @@ def test_cache_built_with_other_options_is_refused_then_replaced(tmp_path):
     assert torch.equal(reseeded.images, synthetic.generate(synthetic.make_options({**SMALL, "seed": 5}))["train"][0])
 
 
+def suggested_command(message: str) -> list[str]:
+    """The argv of the `rckd prepare ...` call quoted in an error message."""
+    argv = shlex.split(message.split("`rckd prepare ", 1)[1].split("`", 1)[0])
+    return ["prepare", *argv]
+
+
+def test_the_suggested_prepare_command_rebuilds_the_cache(tmp_path, capsys):
+    root = tmp_path / "data dir"  # a space: the command must be quoted for the shell
+    data.prepare("synthetic", root, **SMALL)
+    with pytest.raises(RckdError) as caught:
+        data.load("synthetic", root, "train", **{**SMALL, "seed": 5})
+    argv = suggested_command(str(caught.value))
+    assert "--download" not in argv
+    assert cli.main(argv) == 0
+    reseeded = data.load("synthetic", root, "train", **{**SMALL, "seed": 5})
+    assert torch.equal(reseeded.images, synthetic.generate(synthetic.make_options({**SMALL, "seed": 5}))["train"][0])
+
+    # Asked to download, the suggestion downloads too; it parses as `rckd prepare` arguments.
+    (root / "cifar100.pt").write_bytes(b"not a cache")
+    with pytest.raises(RckdError) as caught:
+        data.load("cifar100", root, "test", download=True)
+    argv = suggested_command(str(caught.value))
+    parser = argparse.ArgumentParser()
+    add_prepare_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    assert (args.dataset, args.data_root, args.download, args.data_option) == ("cifar100", root, True, [])
+
+
 def test_cache_checksum_covers_every_tensor():
     images, labels = torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64)
     payload = {"format": cache.FORMAT, "dataset": "x", "options": {}, "classes": ["a"], "mean": [0.0], "std": [1.0],
@@ -365,7 +396,8 @@ def test_cache_checksum_covers_every_tensor():
 
 
 def test_prepare_cli_writes_the_cache(tmp_path, capsys):
-    code = cli.main(["prepare", "--dataset", "synthetic", "--root", str(tmp_path), "--data-option", "train_per_class=3",
+    code = cli.main(["prepare", "--dataset", "synthetic", "--data-root", str(tmp_path),
+                     "--data-option", "train_per_class=3",
                      "--data-option", "num_superclasses=2", "--data-option", "classes_per_superclass=2",
                      "--data-option", "difficulty=0.5"])
     assert code == 0
@@ -377,7 +409,8 @@ def test_prepare_cli_writes_the_cache(tmp_path, capsys):
 
 
 def test_prepare_cli_reports_bad_options(tmp_path, capsys):
-    code = cli.main(["prepare", "--dataset", "synthetic", "--root", str(tmp_path), "--data-option", "shape=round"])
+    code = cli.main(["prepare", "--dataset", "synthetic", "--data-root", str(tmp_path),
+                     "--data-option", "shape=round"])
     assert code == 2
     assert "unknown synthetic option(s) ['shape']" in capsys.readouterr().err
     assert not (tmp_path / "synthetic.pt").exists()

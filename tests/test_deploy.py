@@ -17,64 +17,42 @@ import torch
 from PIL import Image
 from torch import nn
 
-from rckd import deploy, models
+from rckd import deploy
 from rckd.cli import main as cli
-from rckd.data.augment import normalize
 from rckd.deploy import CPU, Failure, OnnxClassifier, Prediction, preprocess
 from rckd.errors import RckdError
-from rckd.export import export, torch_logits
+from rckd.export import torch_logits
+
+from conftest import SIZE, export_tiny, normalized, toy_meta
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZE = 16
-MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
 CLASSES = ["apple", "bear", "castle", "dolphin", "elephant", "forest"]
 
 
-def exported(arch: str, channels: int, out: Path) -> tuple[nn.Module, Path]:
-    """A random `arch` with settled BatchNorm statistics, exported with rckd metadata."""
-    torch.manual_seed(0)
-    model = models.build(arch, num_classes=len(CLASSES), in_channels=channels)
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (32, channels, SIZE, SIZE), dtype=torch.uint8, generator=generator)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None
-    with torch.no_grad():
-        model.train()(normalize(images, MEAN[:channels], STD[:channels]))
-    model.eval()
-    meta = {"arch": arch, "num_classes": len(CLASSES), "input_size": [channels, SIZE, SIZE], "dataset": "synthetic",
-            "mean": MEAN[:channels], "std": STD[:channels], "classes": CLASSES, "method": "kd", "params": {"T": 4},
-            "teacher": None, "teacher_arch": None}
-    export(model, meta, normalize(images[:8], meta["mean"], meta["std"]), torch.arange(8) % len(CLASSES), out)
-    return model, out
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def exported(channels: int, out: Path) -> tuple[nn.Module, Path]:
+    """A random resnet20 with settled BatchNorm statistics, exported with rckd metadata."""
+    return export_tiny(out, toy_meta("resnet20", CLASSES, channels, method="kd", params={"T": 4}, teacher=None,
+                                     teacher_arch=None))
 
 
 @pytest.fixture(scope="module")
 def rgb(tmp_path_factory) -> tuple[nn.Module, Path]:
-    return exported("resnet20", 3, tmp_path_factory.mktemp("rgb") / "model.onnx")
+    return exported(3, tmp_path_factory.mktemp("rgb") / "model.onnx")
 
 
 @pytest.fixture(scope="module")
 def gray(tmp_path_factory) -> tuple[nn.Module, Path]:
-    return exported("resnet20", 1, tmp_path_factory.mktemp("gray") / "model.onnx")
+    return exported(1, tmp_path_factory.mktemp("gray") / "model.onnx")
 
 
 def pixels(seed: int, shape=(SIZE, SIZE, 3)) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
 
 
-def reference(model: nn.Module, images_hwc: list[np.ndarray], channels: int = 3) -> np.ndarray:
+def reference(model: nn.Module, images_hwc: list[np.ndarray]) -> np.ndarray:
     """PyTorch probabilities of HWC uint8 images normalised the way the trainer does it."""
     batch = torch.from_numpy(np.stack(images_hwc)).permute(0, 3, 1, 2)
-    logits = torch_logits(model, normalize(batch, MEAN[:channels], STD[:channels]))
+    logits = torch_logits(model, normalized(batch))
     return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 
 
@@ -88,7 +66,7 @@ def test_preprocessing_equals_the_trainers_normalisation(rgb):
     _, path = rgb
     image = pixels(0)
     ours = preprocess(Image.fromarray(image), OnnxClassifier(path).info)
-    theirs = normalize(torch.from_numpy(image).permute(2, 0, 1)[None], MEAN, STD)[0].numpy()
+    theirs = normalized(torch.from_numpy(image).permute(2, 0, 1)[None])[0].numpy()
     np.testing.assert_array_equal(ours, theirs)
 
 
@@ -151,7 +129,7 @@ def test_other_modes_sizes_and_array_layouts_are_converted(rgb, gray):
     gray_model, gray_path = gray
     results = OnnxClassifier(gray_path).predict([Image.fromarray(image)], top_k=len(CLASSES))
     luminance = np.asarray(Image.fromarray(image).convert("L"))[:, :, None]
-    np.testing.assert_allclose(full_probabilities(results[0]), reference(gray_model, [luminance], 1)[0], atol=1e-5)
+    np.testing.assert_allclose(full_probabilities(results[0]), reference(gray_model, [luminance])[0], atol=1e-5)
 
 
 def test_bad_images_fail_one_by_one(rgb, tmp_path):
@@ -208,6 +186,21 @@ def test_bad_model_files_raise_clear_errors(rgb, tmp_path):
         OnnxClassifier(tmp_path / "partial.onnx")
     with pytest.raises(RckdError, match="top_k must be at least 1"):
         OnnxClassifier(path).predict(pixels(0), top_k=0)
+
+
+def test_metadata_of_the_wrong_type_is_refused_by_name():
+    valid = deploy.ModelInfo(
+        arch="resnet20", dataset="synthetic", num_classes=2, classes=["a", "b"], input_shape=[3, SIZE, SIZE],
+        mean=[0.5] * 3, std=[0.2] * 3, method="kd", params={"T": 4}, teacher=None, teacher_arch=None,
+        precision="fp32", top1=50.0, fp32_top1=50.0, torch_top1=50.0, rckd_version="0.1.0").to_metadata()
+    assert deploy.ModelInfo.from_metadata(valid, "m.onnx").classes == ["a", "b"]
+    for key, value, expected in (("input_shape", '"3x16x16"', "a list of integers"),
+                                 ("classes", '"a,b"', "a list of strings"), ("num_classes", "2.5", "an integer"),
+                                 ("top1", '"50"', "a number"), ("params", "[]", "an object")):
+        with pytest.raises(RckdError) as failure:
+            deploy.ModelInfo.from_metadata({**valid, f"rckd.{key}": value}, "m.onnx")
+        assert str(failure.value) == (f"m.onnx: rckd metadata of the wrong type: {key} is {value} (expected "
+                                      f"{expected}); re-export it with `rckd export`")
 
 
 def test_cli_prints_lines_or_json_with_exit_codes(rgb, tmp_path, capsys):

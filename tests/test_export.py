@@ -13,70 +13,34 @@ import torch
 from torch import nn
 
 from rckd import __version__, data, models
+from rckd import export as export_module
 from rckd.checkpoint import load_model
 from rckd.cli import main as cli
-from rckd.data.augment import normalize
 from rckd.deploy import CPU, ModelInfo, open_session, read_info
 from rckd.errors import RckdError
 from rckd.export import ATOL, check_parity, compare, export, onnx_logits, torch_logits
 from rckd.train import TrainConfig, train
 
-SIZE = 16  # every architecture maps any image size to logits; 16x16 keeps tracing and checking fast
-MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
+from conftest import MEAN, SIZE, STD, normalized, random_images, tiny_model, toy_meta
+
+CLASSES = [f"class_{i}" for i in range(10)]
 # 10 easy classes: resnet20 gets well above chance (10%) in 5 CPU epochs of a few seconds.
 OPTIONS = {"num_superclasses": 2, "classes_per_superclass": 5, "train_per_class": 60, "test_per_class": 20,
            "seed": 0, "difficulty": 0.5}
 OPTION_ARGS = [arg for key, value in OPTIONS.items() for arg in ("--data-option", f"{key}={value}")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny batches gain nothing from threads, and on a busy 2-core machine thread barriers cost 10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def settle_batchnorm(model: nn.Module, images: torch.Tensor) -> nn.Module:
-    """Running BN statistics of `images`, as training leaves them: without this, the deep random
-    networks (resnet110) produce logits of 1e6 and no absolute tolerance means anything."""
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average over the batches seen
-    with torch.no_grad():
-        model.train()(images)
-    return model.eval()
-
-
-def toy_meta(arch: str, num_classes: int = 10, channels: int = 3) -> dict:
-    return {
-        "arch": arch, "num_classes": num_classes, "in_channels": channels, "input_size": [channels, SIZE, SIZE],
-        "dataset": "synthetic", "mean": MEAN[:channels], "std": STD[:channels],
-        "classes": [f"class_{i}" for i in range(num_classes)], "method": "rckd", "params": {"beta": 2.0},
-        "teacher": "runs/t/model.pt", "teacher_arch": "resnet32x4",
-    }
-
-
-def random_images(count: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (count, channels, SIZE, SIZE), dtype=torch.uint8, generator=generator)
-
-
 @pytest.fixture(scope="module")
-def test_set() -> tuple[torch.Tensor, torch.Tensor]:
-    images = normalize(random_images(24), MEAN, STD)
-    return images, torch.arange(24) % 10
+def eval_set() -> tuple[torch.Tensor, torch.Tensor]:
+    return normalized(random_images(24)), torch.arange(24) % 10
 
 
 @pytest.mark.parametrize("arch", models.available())
-def test_every_architecture_passes_the_parity_gate_and_quantizes(arch, test_set, tmp_path):
-    images, labels = test_set
-    torch.manual_seed(0)
-    calibration = normalize(random_images(16, seed=1), MEAN, STD)
-    model = settle_batchnorm(models.build(arch, num_classes=10), calibration)
-    report = export(model, toy_meta(arch), images, labels, tmp_path / "model.onnx",
+def test_every_architecture_passes_the_parity_gate_and_quantizes(arch, eval_set, tmp_path):
+    images, labels = eval_set
+    model = tiny_model(arch, num_classes=10)
+    calibration = normalized(random_images(16, seed=2))
+    report = export(model, toy_meta(arch, CLASSES), images, labels, tmp_path / "model.onnx",
                     int8_out=tmp_path / "model.int8.onnx", calibration_images=calibration)
 
     assert report["max_abs_diff"] <= ATOL and report["top1_agreement"] == 100.0
@@ -109,15 +73,14 @@ class TracedDifferently(nn.Module):
 
 @pytest.fixture(scope="module")
 def resnet20() -> nn.Module:
-    torch.manual_seed(0)
-    return settle_batchnorm(models.build("resnet20", num_classes=10), normalize(random_images(32, seed=1), MEAN, STD))
+    return tiny_model("resnet20", num_classes=10)
 
 
-def test_gate_rejects_a_graph_that_scales_the_logits(resnet20, test_set, tmp_path):
-    images, labels = test_set
+def test_gate_rejects_a_graph_that_scales_the_logits(resnet20, eval_set, tmp_path):
+    images, labels = eval_set
     expected_diff = 0.01 * np.abs(torch_logits(resnet20, images)).max()
     with pytest.raises(RckdError, match="parity gate failed for resnet20") as failure:
-        export(TracedDifferently(resnet20, lambda z: z * 1.01), toy_meta("resnet20"), images, labels,
+        export(TracedDifferently(resnet20, lambda z: z * 1.01), toy_meta("resnet20", CLASSES), images, labels,
                tmp_path / "model.onnx")
     message = str(failure.value)
     reported = float(message.split("logit difference ")[1].split()[0])
@@ -126,20 +89,20 @@ def test_gate_rejects_a_graph_that_scales_the_logits(resnet20, test_set, tmp_pat
     assert list(tmp_path.iterdir()) == []  # a failed gate writes nothing
 
 
-def test_gate_rejects_a_graph_that_changes_the_top1(resnet20, test_set, tmp_path):
-    images, labels = test_set
+def test_gate_rejects_a_graph_that_changes_the_top1(resnet20, eval_set, tmp_path):
+    images, labels = eval_set
     # Adding 100 to a class the model never picks makes it every image's top-1.
     never_top = int(np.setdiff1d(np.arange(10), torch_logits(resnet20, images).argmax(1))[0])
     boost = 100 * nn.functional.one_hot(torch.tensor(never_top), 10)
     with pytest.raises(RckdError, match=r"top-1 agreement 0\.00% < 99\.9% \(24 of 24 test images differ\)"):
-        export(TracedDifferently(resnet20, lambda z: z + boost), toy_meta("resnet20"), images, labels,
+        export(TracedDifferently(resnet20, lambda z: z + boost), toy_meta("resnet20", CLASSES), images, labels,
                tmp_path / "model.onnx")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_gate_rejects_a_file_tampered_after_export(resnet20, test_set, tmp_path):
-    images, labels = test_set
-    export(resnet20, toy_meta("resnet20"), images, labels, tmp_path / "model.onnx")
+def test_gate_rejects_a_file_tampered_after_export(resnet20, eval_set, tmp_path):
+    images, labels = eval_set
+    export(resnet20, toy_meta("resnet20", CLASSES), images, labels, tmp_path / "model.onnx")
     proto = onnx.load(tmp_path / "model.onnx")
     reference = torch_logits(resnet20, images)
     check_parity(compare(onnx_logits(proto.SerializeToString(), images.numpy()), reference, labels), "resnet20")
@@ -155,9 +118,9 @@ def test_gate_rejects_a_file_tampered_after_export(resnet20, test_set, tmp_path)
         check_parity(tampered, "resnet20")
 
 
-def test_metadata_round_trip(resnet20, test_set, tmp_path):
-    images, labels = test_set
-    meta = toy_meta("resnet20")
+def test_metadata_round_trip(resnet20, eval_set, tmp_path):
+    images, labels = eval_set
+    meta = toy_meta("resnet20", CLASSES)
     report = export(resnet20, meta, images, labels, tmp_path / "model.onnx")
     info = read_info(open_session(tmp_path / "model.onnx", [CPU]), "model.onnx")
     assert info == ModelInfo(
@@ -182,12 +145,19 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     return root, run / "model.pt"
 
 
-def test_cli_exports_fp32_and_int8(trained, tmp_path, capsys):
+def test_cli_exports_fp32_and_int8(trained, tmp_path, capsys, monkeypatch):
     root, model_pt = trained
     out, int8_out, report_path = tmp_path / "model.onnx", tmp_path / "model.int8.onnx", tmp_path / "export.json"
+    torch_threads, session_threads = [], []
+    monkeypatch.setattr(torch, "set_num_threads", torch_threads.append)
+    monkeypatch.setattr(export_module, "open_session",
+                        lambda model, providers, threads=None: session_threads.append(threads)
+                        or open_session(model, providers, threads))
     status = cli(["export", "--model", str(model_pt), "--data-root", str(root), *OPTION_ARGS, "--out", str(out),
-                  "--int8-out", str(int8_out), "--calibration-size", "256", "--report", str(report_path)])
+                  "--int8-out", str(int8_out), "--calibration-size", "256", "--report", str(report_path),
+                  "--threads", "2"])
     assert status == 0
+    assert torch_threads == [2] and session_threads == [2, 2]  # the fp32 and the int8 check
     assert "exported" in capsys.readouterr().out
     report = json.loads(report_path.read_text())
     _, meta = load_model(model_pt)

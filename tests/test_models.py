@@ -25,16 +25,6 @@ DEMO_MODELS = ["resnet8", "resnet14"]
 BRANCHING_FAMILIES = ["wrn_16_2", "mobilenetv2", "shufflenetv1", "shufflenetv2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batches of 1-8 gain nothing from threads, and on a shared 2-core runner thread
-    synchronisation made this file several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _calibrated(name: str) -> nn.Module:
     """An eval-mode model whose BatchNorm statistics come from one random batch.
 
@@ -152,3 +142,17 @@ def test_a_name_cannot_be_registered_twice():
     with pytest.raises(ValueError, match="registered twice"):
         models.register(resnet20)
     assert type(models.build("resnet20")).__name__ == "CifarResNet"
+
+
+def test_shufflenetv1_units_apply_relu_after_the_depthwise_conv_as_repdistiller_does():
+    # RepDistiller models/ShuffleNetv1.py Bottleneck.forward: out = F.relu(self.bn2(self.conv2(out)))
+    model = models.build("shufflenetv1").eval()
+    depthwise_outputs = []
+    for unit in model.features[1:]:
+        depthwise = unit.spatial[0]
+        assert depthwise[0].groups == depthwise[0].in_channels  # the 3x3 depthwise conv
+        depthwise.register_forward_hook(lambda module, inputs, output: depthwise_outputs.append(output))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    assert len(depthwise_outputs) == 16
+    assert all(output.min() >= 0 and output.max() > 0 for output in depthwise_outputs)

@@ -17,7 +17,8 @@ from rckd.checkpoint import load_model, save_model
 from rckd.cli import main as cli
 from rckd.errors import RckdError
 from rckd.report import tables
-from rckd.report.summary import COLUMNS, format_params, read_summary, summarize, to_csv
+from rckd.io import write_csv
+from rckd.report.summary import COLUMNS, format_params, read_summary, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "config" / "published.yaml"
@@ -26,14 +27,16 @@ EVAL_KEYS = {"top1", "top5", "nll", "ece", "agreement", "kl_t1", "kl_tm", "tau_a
 
 def make_run(root: Path, name: str, arch: str, method: str = "ce", teacher: str | None = None, seed: int = 0,
              params: dict | None = None, best: float = 70.0, final: float | None = None, tau: float | None = None,
-             epochs: int = 4, evaluated: bool = True, dataset: str = "cifar100") -> Path:
-    """A finished run directory as the trainer and `rckd evaluate` leave it."""
+             epochs: int = 4, evaluated: bool = True, dataset: str = "cifar100", teacher_run: Path | None = None) -> Path:
+    """A finished run directory as the trainer and `rckd evaluate` leave it; a distilled run's teacher is
+    the model.pt of `teacher_run`."""
     run = root / name
     run.mkdir(parents=True)
     final = best - 0.5 if final is None else final
     metrics = {"arch": arch, "teacher_arch": teacher, "method": method, "params": params or {}, "seed": seed,
                "num_params": 1234, "epochs": epochs, "final_top1": final, "best_top1": best, "best_epoch": epochs - 1,
-               "wall_seconds": 12.5, "dataset": dataset, "teacher": None}
+               "wall_seconds": 12.5, "dataset": dataset,
+               "teacher": None if teacher_run is None else str(teacher_run / "model.pt")}
     (run / "metrics.json").write_text(json.dumps(metrics))
     lines = ["epoch,lr,loss_ce,train_top1,test_top1,tau_nt,seconds"]
     for epoch in range(1, epochs + 1):
@@ -49,16 +52,19 @@ def make_run(root: Path, name: str, arch: str, method: str = "ce", teacher: str 
 
 
 def summary_row(teacher: str, student: str, method: str, seed: int, best: float, params: str = "",
-                final: float | None = None, tau: float | None = None, run: str = "") -> dict:
+                final: float | None = None, tau: float | None = None, teacher_seed: int = 0) -> dict:
+    """A summary.csv row; a distilled run's teacher is the `ce` run of its teacher arch with teacher_seed."""
     row = {column: "" for column in COLUMNS}
     row.update(experiment="x", dataset="cifar100", teacher=teacher, student=student, method=method, params=params,
                seed=seed, epochs=240, num_params=1, best_top1=best, final_top1=best - 1 if final is None else final,
-               wall_seconds=1.0, tau_nt="" if tau is None else tau, run=run)
+               wall_seconds=1.0, tau_nt="" if tau is None else tau,
+               run=f"runs/{student}/{teacher or 'none'}/{method}/{params or 'default'}/seed{seed}",
+               teacher_run=f"runs/{teacher}/none/ce/default/seed{teacher_seed}" if teacher else "")
     return row
 
 
 def write_summary(path: Path, rows: list[dict]) -> Path:
-    path.write_text(to_csv(rows))
+    write_csv(path, rows, COLUMNS)
     return path
 
 
@@ -75,7 +81,8 @@ def test_summarize_writes_one_row_per_run(tmp_path):
     runs = tmp_path / "runs"
     student = make_run(runs, "s", "resnet20", seed=1, best=69.0, evaluated=False)
     teacher = make_run(runs, "t", "resnet56", best=72.0)
-    kd = make_run(runs, "kd", "resnet20", "kd", "resnet56", seed=1, params={"kd": 0.9, "T": 4.0}, best=70.5, tau=0.4)
+    kd = make_run(runs, "kd", "resnet20", "kd", "resnet56", seed=1, params={"kd": 0.9, "T": 4.0}, best=70.5, tau=0.4,
+                  teacher_run=teacher)
     out = tmp_path / "results" / "summary.csv"
     assert cli(["summarize", "--experiment", "main", "--runs", str(kd), str(student), str(teacher), str(teacher),
                 "--out", str(out)]) == 0
@@ -86,6 +93,7 @@ def test_summarize_writes_one_row_per_run(tmp_path):
     ce, _, kd_row = rows
     assert kd_row["params"] == "T=4,kd=0.9" and kd_row["experiment"] == "main" and kd_row["dataset"] == "cifar100"
     assert kd_row["tau_nt"] == "0.4" and kd_row["best_top1"] == "70.5" and kd_row["run"] == str(kd)
+    assert kd_row["teacher_run"] == str(teacher) and ce["teacher_run"] == ""
     assert all(ce[key] == "" for key in EVAL_KEYS)  # not evaluated: empty, not zero
     parsed = read_summary(out)
     assert parsed[0]["top1"] is None and parsed[2]["tau_nt"] == 0.4 and parsed[2]["seed"] == 1
@@ -160,6 +168,28 @@ def test_main_table_means_stds_bold_deltas_and_missing(tmp_path):
     assert float(rows["resnet56"]["kd_minus_published"]) == pytest.approx(70.2 - 70.66)
     assert float(rows["resnet56"]["rckd_minus_kd"]) == pytest.approx((72.0 + 72.6 + 72.1) / 3 - 70.2)
     assert "rckd_published" not in rows["resnet56"]  # nobody published RCKD numbers
+
+
+def test_teacher_cells_show_the_teacher_run_that_was_used(tmp_path):
+    # Two resnet56 teachers (seeds 0 and 1); every student learnt from seed 1's run. Its 76.00 is the
+    # teacher cell, not the 74.00 mean of both seeds; the vanilla student stays a mean over its seeds.
+    rows = [summary_row("", "resnet56", "ce", 0, 72.0), summary_row("", "resnet56", "ce", 1, 76.0),
+            summary_row("", "resnet20", "ce", 0, 69.0), summary_row("", "resnet20", "ce", 1, 70.0)]
+    rows += [summary_row("resnet56", "resnet20", method, seed, 71.0 + seed, "T=4", tau=0.4, teacher_seed=1)
+             for method in ("kd", "rckd") for seed in (0, 1)]
+    summary_rows = rows_from_csv(tmp_path, rows)
+    for experiment, heading, expected in (
+            ("main", "Main: best-epoch", "| resnet56 → resnet20 | 76.00 | 69.50 ± 0.71 |"),
+            ("capacity", "Capacity: best-epoch", "| resnet56 | 76.00 |"),
+            ("ablation", "Ablation: best-epoch", "| resnet56 | Teacher (CE) | n/a | 76.00 | n/a |")):
+        markdown, csv_rows, _ = tables.build_report(experiment, summary_rows, "best", None, tmp_path / "summary.csv")
+        assert table_lines(markdown, heading)[2].startswith(expected)
+    main_csv = tables.build_report("main", summary_rows, "best", None, tmp_path / "summary.csv")[1]
+    assert (main_csv[0]["teacher_top1_mean"], main_csv[0]["teacher_top1_n"]) == (76.0, 1)
+    # A teacher run that is not in the summary is shown as missing, never replaced by another seed.
+    unused = [row for row in rows if (row["student"], row["seed"]) != ("resnet56", 1)]
+    markdown = tables.build_report("main", rows_from_csv(tmp_path, unused), "best", None, tmp_path / "summary.csv")[0]
+    assert table_lines(markdown, "Main: best-epoch")[2].startswith("| resnet56 → resnet20 | — | 69.50 ± 0.71 |")
 
 
 def test_paired_comparison_is_a_t_interval_over_matched_seeds(tmp_path):
@@ -244,15 +274,18 @@ def test_table_rejects_a_summary_of_two_data_sets(tmp_path):
 @pytest.mark.parametrize("kind", ["curves", "capacity", "ablation"])
 def test_each_plot_kind_writes_a_png(tmp_path, kind):
     runs = tmp_path / "runs"
-    dirs = [make_run(runs, "t1", "resnet56", best=72.0), make_run(runs, "t2", "resnet110", best=74.0)]
+    teachers = {"resnet56": make_run(runs, "t1", "resnet56", best=72.0),
+                "resnet110": make_run(runs, "t2", "resnet110", best=74.0)}
+    dirs = list(teachers.values())
     for seed in (0, 1):
         dirs.append(make_run(runs, f"s{seed}", "resnet20", seed=seed, best=69.0 + seed))
-        for teacher in ("resnet56", "resnet110"):
+        for teacher, teacher_run in teachers.items():
             for method, gain in (("kd", 1.0), ("rckd", 2.0)):
                 dirs.append(make_run(runs, f"{teacher}-{method}-{seed}", "resnet20", method, teacher, seed,
-                                     {"T": 4.0}, best=69.0 + gain + seed, tau=0.3 * gain))
+                                     {"T": 4.0}, best=69.0 + gain + seed, tau=0.3 * gain, teacher_run=teacher_run))
     if kind == "ablation":  # a second RCKD setting, which only the ablation compares
-        dirs.append(make_run(runs, "variant", "resnet20", "rckd", "resnet56", 0, {"T": 2.0}, best=70.0, tau=0.5))
+        dirs.append(make_run(runs, "variant", "resnet20", "rckd", "resnet56", 0, {"T": 2.0}, best=70.0, tau=0.5,
+                             teacher_run=teachers["resnet56"]))
     summary = tmp_path / "summary.csv"
     assert cli(["summarize", "--experiment", "x", "--runs", *map(str, dirs), "--out", str(summary)]) == 0
     out = tmp_path / f"{kind}.png"
@@ -269,7 +302,7 @@ def test_each_plot_kind_writes_a_png(tmp_path, kind):
 def test_curves_need_the_histories(tmp_path, capsys):
     run = make_run(tmp_path, "kd", "resnet20", "kd", "resnet56", best=70.0)
     summary = tmp_path / "summary.csv"
-    summary.write_text(to_csv(summarize("x", [run])))
+    write_csv(summary, summarize("x", [run]), COLUMNS)
     (run / "history.csv").unlink()
     assert cli(["plot", "--kind", "curves", "--summary", str(summary), "--out", str(tmp_path / "c.png")]) == 2
     assert "history.csv" in capsys.readouterr().err
@@ -285,7 +318,7 @@ def save_tiny_model(path: Path, arch: str, method: str, params: dict, split: dat
     torch.manual_seed(seed)
     model = models.build(arch, num_classes=len(split.classes), in_channels=split.images.shape[1])
     meta = {"arch": arch, "num_classes": len(split.classes), "in_channels": split.images.shape[1],
-            "input_size": list(split.images.shape[1:]), "dataset": "synthetic", "mean": list(split.mean),
+            "input_size": list(split.images.shape[1:]), "dataset": "synthetic", "data_options": {}, "mean": list(split.mean),
             "std": list(split.std), "classes": split.classes, "method": method, "params": params, "teacher": None,
             "teacher_arch": None, "seed": seed, "epochs": 1, "final_top1": 0.0, "best_top1": 0.0, "best_epoch": 1,
             "rckd_version": "test"}
@@ -302,11 +335,14 @@ def tiny(tmp_path_factory) -> tuple[Path, Path, Path]:
     return root / "data", root / "student.pt", root / "teacher.pt"
 
 
-def test_evaluate_writes_metrics_and_fidelity(tiny, tmp_path):
+def test_evaluate_writes_metrics_and_fidelity(tiny, tmp_path, monkeypatch):
     data_root, student, teacher = tiny
     out = tmp_path / "eval.json"
+    thread_settings = []
+    monkeypatch.setattr(torch, "set_num_threads", thread_settings.append)
     assert cli(["evaluate", "--model", str(student), "--teacher", str(teacher), "--data-root", str(data_root),
-                "--out", str(out), "--device", "cpu", "--batch-size", "7", *OPTION_ARGS]) == 0
+                "--out", str(out), "--device", "cpu", "--batch-size", "7", "--threads", "3", *OPTION_ARGS]) == 0
+    assert thread_settings == [3]
     record = json.loads(out.read_text())
     assert EVAL_KEYS <= set(record) and record["num_test"] == 6 * 8
     assert record["temperature"] == 2.0  # the student's own KD temperature
@@ -342,3 +378,6 @@ def test_evaluate_without_teacher_and_with_a_wrong_one(tiny, tmp_path, capsys):
                 "--out", str(tmp_path / "bad.json"), "--device", "cpu", *OPTION_ARGS]) == 2
     assert "does not match student" in capsys.readouterr().err
     assert not (tmp_path / "bad.json").exists()
+    assert cli(["evaluate", "--model", str(teacher), "--data-root", str(data_root), "--out", str(tmp_path / "t.json"),
+                "--threads", "-1", *OPTION_ARGS]) == 2
+    assert "--threads must be 0 (torch's default) or positive" in capsys.readouterr().err

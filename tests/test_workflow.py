@@ -119,6 +119,10 @@ BAD_CONFIGS = {
     "negative epochs": ("train: {epochs: -3}", ["epochs", "-3", "minimum"]),
     "typo in a key": ("train: {epoch: 10}", ["epoch", "Additional properties"]),
     "unknown loss parameter": ("methods: {kd: {temperature: 4}}", ["temperature"]),
+    "bad loss parameter value": ("methods: {rckd: {T: -1}}", ["rckd", "T", "-1"]),
+    "unknown data option": ("dataset: synthetic\ndata: {options: {train_per_clas: 5}}",
+                            ["data.options", "train_per_clas", "train_per_class"]),
+    "squeezed schedule": ("train: {epochs_by_arch: {resnet20: 2}}", ["train.epochs_by_arch.resnet20"]),
 }
 
 
@@ -132,6 +136,26 @@ def test_bad_config_stops_before_any_job(tmp_path, case):
     for fragment in expected:
         assert fragment in message, f"{case}: {fragment!r} not in:\n{message[-3000:]}"
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+
+
+def train_commands(result: subprocess.CompletedProcess) -> dict[str, str]:
+    """{run directory: its `rckd train` command} from a dry run with --printshellcmds."""
+    commands = re.findall(r"python -m rckd train (.*?) --out (\S+)", result.stdout)
+    return {out: args for args, out in commands}
+
+
+def test_toggling_an_experiment_leaves_the_other_runs_untouched(tmp_path):
+    """main's rckd run is also the ablation's default variant: its command must not depend on that."""
+    quick = ["--configfile", str(ROOT / "config" / "quick.yaml")]
+    off = tmp_path / "off.yaml"
+    off.write_text("experiments: {ablation: {enabled: false}}\n")
+    both = snakemake(tmp_path, "-n", "-p", *quick)
+    main_only = snakemake(tmp_path, "-n", "-p", *quick, str(off))
+    assert both.returncode == 0 and main_only.returncode == 0, both.stderr + main_only.stderr
+    with_ablation, without = train_commands(both), train_commands(main_only)
+    shared = with_ablation.keys() & without.keys()
+    assert any("/rckd/default/" in run for run in shared)
+    assert {run: with_ablation[run] for run in shared} == {run: without[run] for run in shared}
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

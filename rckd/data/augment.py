@@ -101,13 +101,20 @@ class TrainBatches:
         self.generator.set_state(state["generator"])
 
 
-def eval_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: Sequence[float],
-                 std: Sequence[float], *, channels_last: bool = False) -> Iterator[Batch]:
-    """The test set in its stored order, normalised, without augmentation."""
+def eval_inputs(images: torch.Tensor, batch_size: int, mean: Sequence[float], std: Sequence[float], *,
+                channels_last: bool = False) -> Iterator[torch.Tensor]:
+    """Normalised batches of `images` in their stored order, without augmentation."""
     mean_tensor, std_tensor = _channel_tensor(mean, images), _channel_tensor(std, images)
     for start in range(0, images.shape[0], batch_size):
-        batch = images[start:start + batch_size]
-        yield _to_model_input(batch, mean_tensor, std_tensor, channels_last), labels[start:start + batch_size]
+        yield _to_model_input(images[start:start + batch_size], mean_tensor, std_tensor, channels_last)
+
+
+def eval_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: Sequence[float],
+                 std: Sequence[float], *, channels_last: bool = False) -> Iterator[Batch]:
+    """The test set in its stored order, normalised, without augmentation, with its labels."""
+    inputs = eval_inputs(images, batch_size, mean, std, channels_last=channels_last)
+    for start, x in zip(range(0, images.shape[0], batch_size), inputs):
+        yield x, labels[start:start + batch_size]
 
 
 def _to_model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,

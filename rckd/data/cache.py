@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,11 @@ def cache_path(root: str | os.PathLike, name: str) -> Path:
     return Path(root) / f"{name}.pt"
 
 
-def prepare_command(name: str, root: str | os.PathLike, options: dict[str, Any]) -> str:
-    """The `rckd prepare` call that (re)builds this cache."""
-    flags = "".join(f" --option {key}={value}" for key, value in options.items())
-    return f"rckd prepare --dataset {name} --root {root}{flags}"
+def prepare_command(name: str, root: str | os.PathLike, options: dict[str, Any], *, download: bool = False) -> str:
+    """The `rckd prepare` call, ready to paste into a shell, that (re)builds this cache."""
+    flags = "".join(f" --data-option {shlex.quote(f'{key}={value}')}" for key, value in options.items())
+    return (f"rckd prepare --dataset {name} --data-root {shlex.quote(str(root))}{flags}"
+            + (" --download" if download else ""))
 
 
 def write(path: Path, name: str, options: dict[str, Any], splits: dict[str, Split]) -> None:
@@ -46,9 +48,11 @@ def write(path: Path, name: str, options: dict[str, Any], splits: dict[str, Spli
     save_torch(path, payload)
 
 
-def read(path: Path, name: str, root: str | os.PathLike, options: dict[str, Any]) -> dict[str, Split]:
-    """Both splits from a cache, after checking its checksum and that it was built with `options`."""
-    command = prepare_command(name, root, options)
+def read(path: Path, name: str, root: str | os.PathLike, options: dict[str, Any], *,
+         download: bool = False) -> dict[str, Split]:
+    """Both splits from a cache, after checking its checksum and that it was built with `options`;
+    errors suggest the `rckd prepare` call (with --download when `download`) that rebuilds it."""
+    command = prepare_command(name, root, options, download=download)
     try:
         payload = load_torch(path, "data cache")
     except RckdError as err:

@@ -49,7 +49,7 @@ def load(name: str, root: str | os.PathLike, split: str, *, download: bool = Fal
     resolved = resolve_options(name, options)
     path = cache.cache_path(root, name)
     if path.exists():
-        return cache.read(path, name, root, resolved)[split]
+        return cache.read(path, name, root, resolved, download=download)[split]
     return build(name, root, download=download, options=resolved)[split]
 
 
@@ -118,7 +118,7 @@ def _cifar100_missing(root: Path, download: bool, err: Exception) -> str:
     return (f"CIFAR-100 not found in {root.resolve()} (or its folder {CIFAR100.base_folder} is damaged: "
             f"delete it); {where}, or let "
             f"torchvision download it: "
-            f"`rckd prepare --dataset cifar100 --root {root} --download` (config key data.download: true)")
+            f"`{cache.prepare_command('cifar100', root, {}, download=True)}` (config key data.download: true)")
 
 
 def _fashion_mnist(root: Path, download: bool, options: dict[str, Any]) -> dict[str, Split]:
@@ -139,7 +139,7 @@ def _fashion_mnist(root: Path, download: bool, options: dict[str, Any]) -> dict[
         raise RckdError(
             f"Fashion-MNIST not found: expected {names} in {DEBIAN_FASHION_MNIST} (Debian/Ubuntu: "
             f"`apt-get install dataset-fashion-mnist`) or in {torchvision_dir.resolve()}; or let torchvision "
-            f"download them: `rckd prepare --dataset fashion_mnist --root {root} --download` "
+            f"download them: `{cache.prepare_command('fashion_mnist', root, {}, download=True)}` "
             f"(config key data.download: true)")
     arrays = {split: (_read_idx(directory / images), _read_idx(directory / labels))
               for split, (images, labels) in FASHION_MNIST_FILES.items()}

@@ -1,6 +1,6 @@
-"""`rckd prepare`: build a data set once into its checksummed cache file `<root>/<name>.pt`.
+"""`rckd prepare`: build a data set once into its checksummed cache file `<data root>/<name>.pt`.
 
-    rckd prepare --dataset synthetic --root data --data-option train_per_class=50 --data-option difficulty=1.5
+    rckd prepare --dataset synthetic --data-root data --data-option train_per_class=50 --data-option difficulty=1.5
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def prepare(name: str, root: str | os.PathLike, *, download: bool = False, **opt
     path = cache.cache_path(root, name)
     if path.exists():
         try:
-            cache.read(path, name, root, resolved)
+            cache.read(path, name, root, resolved, download=download)
             return path
         except RckdError:
             pass  # corrupt or built with other options: rebuild below
@@ -45,7 +45,8 @@ def parse_option(text: str) -> tuple[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--root", required=True, type=Path, help="directory for the source files and the cache")
+    parser.add_argument("--data-root", required=True, type=Path,
+                        help="directory for the source files and the cache")
     parser.add_argument("--download", action="store_true", help="let torchvision download a missing source")
     parser.add_argument("--data-option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
                         help="a data set option (synthetic: num_superclasses, classes_per_superclass, "
@@ -53,6 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = prepare(args.dataset, args.root, download=args.download, **dict(args.data_option))
+    path = prepare(args.dataset, args.data_root, download=args.download, **dict(args.data_option))
     print(f"{args.dataset}: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -16,7 +16,10 @@ _STAGE_UNITS = (4, 8, 4)
 
 
 class ShuffleUnit(nn.Module):
-    """1x1 group conv-BN-ReLU, channel shuffle, 3x3 depthwise-BN, 1x1 group conv-BN.
+    """1x1 group conv-BN-ReLU, channel shuffle, 3x3 depthwise conv-BN-ReLU, 1x1 group conv-BN.
+
+    The ReLU after the depthwise conv follows the RepDistiller/mdistiller zoo (the ShuffleNet paper
+    has none there); the papers' numbers for this student come from that code.
 
     A stride-2 unit concatenates a 3x3 average-pooled copy of its input (so its branch produces
     out_ch - in_ch channels); a stride-1 unit adds its input. ReLU after the merge.
@@ -29,7 +32,7 @@ class ShuffleUnit(nn.Module):
         self.shuffle_groups = first_groups
         self.reduce = conv_bn(in_ch, bottleneck, 1, groups=first_groups)
         self.spatial = nn.Sequential(
-            conv_bn(bottleneck, bottleneck, 3, stride, groups=bottleneck, relu=False),
+            conv_bn(bottleneck, bottleneck, 3, stride, groups=bottleneck),
             conv_bn(bottleneck, branch_out, 1, groups=groups, relu=False),
         )
         self.pool = nn.AvgPool2d(3, 2, 1) if stride == 2 else None

@@ -5,6 +5,7 @@ order and names, the mean/std of a cell over seeds, and how a summary's runs gro
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
@@ -88,3 +89,13 @@ def group_runs(rows: list[Row], one_setting: bool) -> Groups:
 def runs_of(groups: Groups, teacher: str, student: str, method: str) -> list[Row]:
     """Every run of (teacher, student, method), over all its settings; teacher "" for runs without one."""
     return [row for setting in groups.get((teacher, student, method), {}).values() for row in setting]
+
+
+def teacher_runs(groups: Groups, teacher: str, student: str) -> list[Row]:
+    """The `ce` runs of `teacher` that the distilled runs of (teacher, student) were distilled from, found
+    by run directory: other seeds of the teacher architecture were never anyone's teacher here."""
+    used = {os.path.realpath(row["teacher_run"])
+            for (pair_teacher, pair_student, _), settings in groups.items()
+            if (pair_teacher, pair_student) == (teacher, student)
+            for setting in settings.values() for row in setting if row["teacher_run"]}
+    return [row for row in runs_of(groups, "", teacher, "ce") if os.path.realpath(row["run"]) in used]

@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator
 from rckd.errors import RckdError
 from rckd.io import atomic_path
 from rckd.report import (TOP1_COLUMN, Row, Stat, distill_methods, distilled_pairs, group_runs, method_label, runs_of,
-                         stat)
+                         stat, teacher_runs)
 from rckd.report.summary import parse_params, read_summary
 
 KINDS = ("curves", "capacity", "ablation")
@@ -130,7 +130,7 @@ def curves_figure(rows: list[Row]) -> Figure:
             histories = [read_history(row["run"]) for row in runs_of(groups, teacher, student, method)]
             _line(top1_axes, histories, "test_top1", method_label(method), method_color(method, methods))
             _line(tau_axes, histories, "tau_nt", method_label(method), method_color(method, methods))
-        teacher_top1 = stat(row["best_top1"] for row in runs_of(groups, "", teacher, "ce"))
+        teacher_top1 = stat(row["best_top1"] for row in teacher_runs(groups, teacher, student))
         if teacher_top1 is not None:
             top1_axes.axhline(teacher_top1.mean, color="black", linestyle=":", linewidth=1,
                               label="Teacher (CE, best epoch)")
@@ -169,13 +169,13 @@ def capacity_figure(rows: list[Row], metric: str) -> Figure:
     figure = Figure(figsize=(12, 4.4 * len(students) + 1.0), layout="constrained")
     grid = figure.subplots(len(students), 2, squeeze=False)
     for (top1_axes, tau_axes), student in zip(grid, students):
-        teacher_top1 = {teacher: stat(row[column] for row in runs_of(groups, "", teacher, "ce"))
+        teacher_top1 = {teacher: stat(row[column] for row in teacher_runs(groups, teacher, student))
                         for teacher, other in pairs if other == student}
         placed = sorted((cell.mean, teacher) for teacher, cell in teacher_top1.items() if cell is not None)
         unplaced = sorted(teacher for teacher, cell in teacher_top1.items() if cell is None)
         if not placed:
-            raise RckdError(f"no teacher of {student} has its own ce runs in the summary, so the teachers "
-                            "cannot be placed by accuracy; summarize the teachers' runs too")
+            raise RckdError(f"no teacher run that {student} was distilled from is in the summary, so the "
+                            "teachers cannot be placed by accuracy; summarize the teachers' runs too")
         xs = [x for x, _ in placed]
         for method in methods:
             color = method_color(method, methods)
@@ -191,7 +191,7 @@ def capacity_figure(rows: list[Row], metric: str) -> Figure:
             axes.set_xticks(xs, [f"{teacher}\n{x:.1f}" for x, teacher in placed], rotation=30, fontsize=8)
             axes.set_xlabel(f"teacher ({metric}-epoch test top-1, %)")
             axes.grid(alpha=0.3)
-        missing = f" (no own runs, not shown: {', '.join(unplaced)})" if unplaced else ""
+        missing = f" (teacher run not summarized, not shown: {', '.join(unplaced)})" if unplaced else ""
         top1_axes.set(title=f"student {student}: accuracy by teacher{missing}",
                       ylabel=f"student {metric}-epoch test top-1 (%)")
         tau_axes.set(title=f"student {student}: rank fidelity by teacher", ylabel=TAU_LABEL + " (final weights)")

@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 from rckd.errors import RckdError
-from rckd.io import write_text
+from rckd.io import write_csv
 
 RUN_COLUMNS = ("experiment", "dataset", "teacher", "student", "method", "params", "seed", "epochs", "num_params",
                "best_top1", "final_top1", "wall_seconds")
 EVAL_COLUMNS = ("top1", "top5", "nll", "ece", "agreement", "kl_t1", "kl_tm", "tau_all", "tau_nt", "top5_overlap")
-COLUMNS = (*RUN_COLUMNS, *EVAL_COLUMNS, "run")
+# run: the run directory; teacher_run: the directory of the teacher's model.pt (empty without a teacher).
+COLUMNS = (*RUN_COLUMNS, *EVAL_COLUMNS, "run", "teacher_run")
 INT_COLUMNS = ("seed", "epochs", "num_params")
 FLOAT_COLUMNS = ("best_top1", "final_top1", "wall_seconds", *EVAL_COLUMNS)
-REQUIRED_METRICS = ("arch", "teacher_arch", "method", "params", "seed", "epochs", "num_params", "best_top1",
+REQUIRED_METRICS = ("arch", "teacher", "teacher_arch", "method", "params", "seed", "epochs", "num_params", "best_top1",
                     "final_top1", "wall_seconds", "dataset")
 # A run is identified by these; two run directories with the same values would be counted twice.
 IDENTITY = ("teacher", "student", "method", "params", "seed", "epochs")
@@ -76,6 +76,7 @@ def run_row(experiment: str, run_dir: Path) -> dict[str, Any]:
         **{key: run_metrics[key] for key in ("seed", "epochs", "num_params", "best_top1", "final_top1",
                                               "wall_seconds")},
         "run": str(run_dir),
+        "teacher_run": str(Path(run_metrics["teacher"]).parent) if run_metrics["teacher"] else "",
     }
     eval_path = run_dir / "eval.json"
     evaluation = _read_json(eval_path, "evaluation") if eval_path.is_file() else {}
@@ -99,14 +100,6 @@ def summarize(experiment: str, run_dirs: list[Path]) -> list[dict[str, Any]]:
         seen[identity] = row["run"]
     return sorted(rows, key=lambda row: tuple(str(row[key]) for key in ("teacher", "student", "method", "params"))
                   + (row["seed"],))
-
-
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def _parse_number(text: str, column: str, path: Path, cast: type) -> Any:
@@ -147,6 +140,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     rows = summarize(args.experiment, args.runs)
-    write_text(args.out, to_csv(rows))
+    write_csv(args.out, rows, COLUMNS)
     print(f"{args.out}: {len(rows)} runs", flush=True)
     return 0

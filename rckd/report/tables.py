@@ -15,8 +15,6 @@ never zero.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 import statistics
 from collections.abc import Callable, Iterable
@@ -28,9 +26,9 @@ import yaml
 from scipy import stats as scipy_stats
 
 from rckd.errors import RckdError
-from rckd.io import write_text
+from rckd.io import write_csv, write_text
 from rckd.report import (TOP1_COLUMN, Groups, Row, Stat, distill_methods, distilled_pairs, group_runs, method_label,
-                         runs_of, stat)
+                         runs_of, stat, teacher_runs)
 from rckd.report.summary import parse_params, read_summary
 
 EXPERIMENTS = ("main", "capacity", "ablation")
@@ -97,13 +95,19 @@ def single_dataset(rows: list[Row], summary: Path) -> str:
 
 
 def vanilla_stat(groups: Groups, arch: str, column: str) -> Stat | None:
-    """An architecture trained alone (`ce`): the teacher column and the vanilla student column."""
+    """An architecture trained alone (`ce`), over all its seeds: the vanilla student column."""
     return stat(row[column] for row in runs_of(groups, "", arch, "ce"))
+
+
+def teacher_stat(groups: Groups, pair: tuple[str, str], column: str) -> Stat | None:
+    """The teacher column: the teacher run(s) the pair's students were distilled from, not every seed
+    of the teacher architecture."""
+    return stat(row[column] for row in teacher_runs(groups, *pair))
 
 
 def pair_cells(groups: Groups, pair: tuple[str, str], methods: list[str], column: str) -> dict[str, Stat | None]:
     """A main-table row: the teacher and the student trained alone, and the student under each method."""
-    return {"teacher": vanilla_stat(groups, pair[0], column), "vanilla": vanilla_stat(groups, pair[1], column),
+    return {"teacher": teacher_stat(groups, pair, column), "vanilla": vanilla_stat(groups, pair[1], column),
             **{method: stat(row[column] for row in runs_of(groups, *pair, method)) for method in methods}}
 
 
@@ -355,13 +359,13 @@ def capacity_table(rows: list[Row], metric: str) -> Section:
     students = sorted({pair[1] for pair in distilled_pairs(rows)})
     parts, csv_rows = [], []
     for student in students:
-        teachers = sorted({pair[0] for pair in distilled_pairs(rows) if pair[1] == student},
-                          key=lambda arch: _teacher_sort_key(vanilla_stat(groups, arch, column), arch))
+        teacher_top1 = {teacher: teacher_stat(groups, (teacher, student), column)
+                        for teacher, other in distilled_pairs(rows) if other == student}
+        teachers = sorted(teacher_top1, key=lambda arch: _teacher_sort_key(teacher_top1[arch], arch))
         top1 = {(teacher, method): stat(row[column] for row in runs_of(groups, teacher, student, method))
                 for teacher in teachers for method in methods}
         tau = {(teacher, method): stat(row["tau_nt"] for row in runs_of(groups, teacher, student, method))
                for teacher in teachers for method in methods}
-        teacher_top1 = {teacher: vanilla_stat(groups, teacher, column) for teacher in teachers}
         expected_top1 = expected_counts(top1.values())
         expected_tau = expected_counts(tau.values())
         expected_teacher = expected_counts(teacher_top1.values())
@@ -423,7 +427,7 @@ def ablation_table(rows: list[Row], metric: str) -> Section:
         tau = [stat(row["tau_nt"] for row in setting_rows) for _, _, setting_rows in variants]
         expected_top1, expected_tau = expected_counts(top1), expected_counts(tau)
         top1_texts = bold_best(top1, [format_stat(cell, expected_n=expected_top1) for cell in top1])
-        body = [[teacher, "Teacher (CE)", NOT_APPLICABLE, format_stat(vanilla_stat(groups, teacher, column)),
+        body = [[teacher, "Teacher (CE)", NOT_APPLICABLE, format_stat(teacher_stat(groups, (teacher, student), column)),
                  NOT_APPLICABLE],
                 [student, method_label("ce"), NOT_APPLICABLE, format_stat(vanilla_stat(groups, student, column)),
                  NOT_APPLICABLE]]
@@ -484,20 +488,6 @@ def build_report(experiment: str, rows: list[Row], metric: str, published_path: 
     return "\n\n".join([title, *sections]) + "\n", csv_rows, paired_rows
 
 
-def to_csv(rows: list[Row]) -> str:
-    """CSV with the union of the rows' keys as columns, in first-seen order (empty text for no rows)."""
-    if not rows:
-        return ""
-    columns: list[str] = []
-    for row in rows:
-        columns += [key for key in row if key not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", required=True, choices=EXPERIMENTS)
     parser.add_argument("--summary", required=True, type=Path, help="summary.csv from rckd summarize")
@@ -517,8 +507,8 @@ def run(args: argparse.Namespace) -> int:
     rows = read_summary(args.summary)
     markdown, csv_rows, paired_rows = build_report(args.experiment, rows, args.metric, args.published, args.summary)
     write_text(args.out_md, markdown)
-    write_text(args.out_csv, to_csv(csv_rows))
+    write_csv(args.out_csv, csv_rows)
     if args.out_paired is not None:
-        write_text(args.out_paired, to_csv(paired_rows))
+        write_csv(args.out_paired, paired_rows)
     print(f"{args.out_md}, {args.out_csv}: {len(csv_rows)} rows", flush=True)
     return 0

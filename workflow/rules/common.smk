@@ -9,7 +9,9 @@ from snakemake.settings.types import DeploymentMethod
 
 sys.path.insert(0, str(Path(workflow.basedir).resolve()))
 from rckd import losses  # the loss defaults decide which runs are the same run
+from rckd.data.datasets import resolve_options
 from rckd.errors import RckdError
+from rckd.report.summary import format_params
 
 DATASET = config["dataset"]
 RESULTS = f"{config['results']}/{DATASET}"
@@ -35,20 +37,10 @@ def config_error(key, message):
     raise WorkflowError(f"config error at {key}: {message}")
 
 
-def value_text(value):
-    """How a parameter value appears in a run's name: 0.5, 4, prob_diff (ints without '.0')."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def params_tag(method, params):
-    """A run name from the parameters that differ from the loss defaults, e.g. 'T=8,relation=rank'."""
+def changed_params(method, params):
+    """The parameters that differ from the loss defaults: they alone make a run differ."""
     defaults = losses.defaults(method)
-    changed = {key: value for key, value in params.items() if defaults.get(key) != value}
-    if not changed:
-        return "default"
-    return ",".join(f"{key}={value_text(value)}" for key, value in sorted(changed.items()))
+    return {key: value for key, value in params.items() if defaults.get(key) != value}
 
 
 class Run:
@@ -58,13 +50,14 @@ class Run:
         self.student = student
         self.method = method
         self.teacher = teacher
-        self.params = dict(params or {})
+        self.params = changed_params(method, params or {})
         self.seed = config["teacher_seed"] if seed is None else seed
 
     @property
     def name(self):
         teacher = self.teacher or "none"
-        return f"{self.student}/{teacher}/{self.method}/{params_tag(self.method, self.params)}/seed{self.seed}"
+        tag = format_params(self.params) or "default"
+        return f"{self.student}/{teacher}/{self.method}/{tag}/seed{self.seed}"
 
     @property
     def dir(self):
@@ -129,6 +122,10 @@ def experiment_runs(name):
 
 EXPERIMENTS = [name for name, spec in config["experiments"].items() if spec.get("enabled", True)]
 RUNS = {run.name: run for name in EXPERIMENTS for run in experiment_runs(name)}
+try:
+    resolve_options(DATASET, config["data"]["options"])
+except RckdError as err:
+    config_error("data.options", str(err))
 for _run in RUNS.values():  # bad parameter values stop the DAG here, not hours later in a job
     try:
         losses.build(_run.method, **_run.params)
@@ -154,6 +151,9 @@ def schedule_for(arch):
     train = config["train"]
     epochs = train["epochs_by_arch"].get(arch, train["epochs"])
     milestones = [round(m * epochs / train["epochs"]) for m in train["milestones"]]
+    if any(m < 1 for m in milestones) or len(set(milestones)) != len(milestones):
+        config_error(f"train.epochs_by_arch.{arch}", f"{epochs} epochs squeeze the milestones "
+                     f"{train['milestones']} into {milestones}; give it more epochs or fewer milestones")
     return epochs, milestones
 
 
@@ -226,3 +226,7 @@ def experiment_outputs(name):
 def summary_inputs(wildcards):
     runs = experiment_runs(wildcards.experiment)
     return [f"{run.dir}/{name}" for run in runs for name in ("metrics.json", "eval.json")]
+
+
+for _arch in sorted({run.student for run in RUNS.values()}):  # stretched schedules are checked up front
+    schedule_for(_arch)

@@ -17,4 +17,4 @@ rule prepare_data:
         mem_mb=8000,
         runtime=60,
     shell:
-        "python -m rckd prepare --dataset {params.dataset} --root {params.root} {params.download} {params.options} > {log} 2>&1"
+        "python -m rckd prepare --dataset {params.dataset} --data-root {params.root} {params.download} {params.options} > {log} 2>&1"

@@ -26,7 +26,7 @@ rule export_onnx:
         runtime=30,
     shell:
         "python -m rckd export --model {input.model} --data-root {params.root} {params.options} --out {output.onnx} "
-        "{params.int8} --report {output.report} > {log} 2>&1"
+        "{params.int8} --threads {threads} --report {output.report} > {log} 2>&1"
 
 
 rule bench:
@@ -63,6 +63,6 @@ rule bench:
         runtime=60,
     shell:
         "python -m rckd bench --models {params.models} --batch-sizes {params.batch_sizes} "
-        "--threads {params.bench[threads]} --warmup {params.bench[warmup]} "
+        "--threads {threads} --warmup {params.bench[warmup]} "
         "--min-iters {params.bench[min_iters]} --min-seconds {params.bench[min_seconds]} "
         "--out {output.csv} --plot {output.png} > {log} 2>&1"

@@ -21,4 +21,5 @@ rule evaluate:
         runtime=30,
     shell:
         "python -m rckd evaluate --model {input.model} {params.teacher} --data-root {params.root} "
-        "--batch-size {params.batch_size} --device {params.device} {params.options} --out {output} > {log} 2>&1"
+        "--batch-size {params.batch_size} --device {params.device} {params.options} --threads {threads} "
+        "--out {output} > {log} 2>&1"

@@ -29,7 +29,12 @@ rule table:
         summary=f"{RESULTS}/{{experiment}}/summary.csv",
         published=os.path.join(workflow.basedir, "config", "published.yaml"),
     output:
-        md=f"{RESULTS}/{{experiment}}/table.md",
+        md=report(
+            f"{RESULTS}/{{experiment}}/table.md",
+            caption="../report/table.rst",
+            category="{experiment}",
+            labels={"experiment": "{experiment}", "output": "table (markdown)"},
+        ),
         csv=report(
             f"{RESULTS}/{{experiment}}/table.csv",
             caption="../report/table.rst",

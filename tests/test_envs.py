@@ -1,0 +1,62 @@
+"""The conda environments pin exactly what pyproject.toml pins, so --use-conda builds the same stack."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def requirement_key(requirement: str) -> tuple[str, str]:
+    """'Name==1.0; marker' -> ('name', 'marker'), normalised for comparison."""
+    spec, _, marker = requirement.partition(";")
+    name = re.split(r"[=<>!~\[ ]", spec.strip(), maxsplit=1)[0]
+    return name.lower().replace("_", "-"), " ".join(marker.split())
+
+
+def pins(requirements: list[str]) -> dict[tuple[str, str], str]:
+    result = {}
+    for requirement in requirements:
+        spec = requirement.partition(";")[0].strip()
+        assert "==" in spec, f"{requirement!r} is not an exact pin"
+        result[requirement_key(requirement)] = spec.split("==", 1)[1].strip()
+    return result
+
+
+def pip_section(env_file: Path) -> list[str]:
+    environment = yaml.safe_load(env_file.read_text())
+    sections = [item["pip"] for item in environment["dependencies"] if isinstance(item, dict) and "pip" in item]
+    assert len(sections) == 1, f"{env_file.name}: expected one pip section"
+    return sections[0]
+
+
+def test_rckd_env_pins_exactly_the_project_dependencies():
+    assert pins(pip_section(ROOT / "envs" / "rckd.yaml")) == pins(PROJECT["dependencies"])
+
+
+@pytest.mark.parametrize("env_file", sorted((ROOT / "envs").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_env_pin_agrees_with_pyproject(env_file):
+    project = pins(PROJECT["dependencies"] + [req for extra in PROJECT["optional-dependencies"].values()
+                                              for req in extra])
+    env = pins([req for req in pip_section(env_file) if not req.startswith(("-", "."))])
+    assert env, f"{env_file.name} pins nothing"
+    wrong = {key: (version, project.get(key)) for key, version in env.items() if project.get(key) != version}
+    assert not wrong, f"{env_file.name} disagrees with pyproject.toml (env, project): {wrong}"
+    python = [dep for dep in yaml.safe_load(env_file.read_text())["dependencies"]
+              if isinstance(dep, str) and dep.startswith("python")]
+    assert python and python[0].split("=")[1] >= "3.10"
+
+
+def test_onnxruntime_gpu_and_cpu_builds_never_meet():
+    markers = {requirement_key(req)[0]: requirement_key(req)[1] for req in PROJECT["dependencies"]
+               if requirement_key(req)[0].startswith("onnxruntime")}
+    assert markers == {
+        "onnxruntime-gpu": "sys_platform == 'linux' and platform_machine == 'x86_64'",
+        "onnxruntime": "sys_platform != 'linux' or platform_machine != 'x86_64'",
+    }
