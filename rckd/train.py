@@ -28,7 +28,7 @@ from rckd.checkpoint import load_model, load_torch, save_model, save_torch
 from rckd.data.augment import TrainBatches, eval_inputs
 from rckd.data.prepare import parse_option
 from rckd.errors import RckdError
-from rckd.device import resolve_device
+from rckd.device import add_threads_argument, resolve_device, set_threads
 from rckd.gpu import DEFAULT_LOCK_DIR, GpuSlot, claim, try_claim
 from rckd.io import write_csv, write_json
 from rckd.metrics import kendall_tau
@@ -340,12 +340,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--compile", default="auto", choices=["auto", "none", "reduce-overhead"])
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     config = TrainConfig(
         arch=args.arch, dataset=args.dataset, data_root=args.data_root, out=args.out, method=args.method,
         params=dict(args.param), teacher=args.teacher, data_options=dict(args.data_option),

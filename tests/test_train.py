@@ -186,3 +186,26 @@ def test_bad_settings_fail_before_training(data_root, tmp_path, change, message)
     with pytest.raises(RckdError, match=message):
         train(config(data_root, tmp_path, **change))
     assert not (tmp_path / "history.csv").exists()
+
+
+def test_bf16_on_cpu_autocasts_and_still_learns(data_root, tmp_path):
+    metrics = train(config(data_root, tmp_path, precision="bf16", epochs=3, milestones=(2,)))
+    assert metrics["precision"] == "bf16"
+    assert metrics["best_top1"] > 2 * 100 / 20
+    assert metrics["train_config"]["precision"] == "bf16"  # the resolved value is what a resume must match
+
+
+def test_cuda_graph_compile_is_refused_on_cpu(data_root, tmp_path):
+    with pytest.raises(RckdError, match="needs CUDA"):
+        train(config(data_root, tmp_path, compile="reduce-overhead"))
+
+
+def test_predict_logits_keeps_order_and_is_float32(data_root):
+    split = data.load("synthetic", data_root, "test", **OPTIONS)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 20)).eval()
+    from rckd.train import predict_logits
+
+    whole = predict_logits(model, split.images, split.mean, split.std, batch_size=len(split.images))
+    chunked = predict_logits(model, split.images, split.mean, split.std, batch_size=7)
+    assert whole.dtype == torch.float32 and whole.shape == (len(split.images), 20)
+    torch.testing.assert_close(chunked, whole)

@@ -141,6 +141,78 @@ class _SoftmaxPearson(torch.autograd.Function):
                 logit_grad(p_t, p_s, square_t) if ctx.needs_input_grad[1] else None, None)
 
 
+def kd_pearson(logits_s: Tensor, logits_t: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """Per-row KL(p_t || p_s) and Pearson correlation of p_s, p_t = softmax(z / T), fused.
+
+    The same values as `kl_divergence` on the two tempered log-softmaxes and `softmax_pearson`
+    (to float rounding: the probabilities come from exp(log_softmax)), for RCKD's default
+    prob_diff relation, whose loss needs both: one pass over the tempered softmaxes serves both
+    terms and one hand-written backward returns their summed gradient.
+    """
+    return _KdPearson.apply(logits_s, logits_t, temperature)
+
+
+class _KdPearson(torch.autograd.Function):
+    """KL and the `_SoftmaxPearson` cosine from one log-softmax per input.
+
+    The student gradient of KL(p_t || p_s) is (p_s - p_t) / T, so with the cosine's terms (see
+    `_SoftmaxPearson`) the student gradient is, with every coefficient already divided by T,
+        p_s * (a p_t - b p_s - offset + k) - k p_t,   k = grad_kl / T.
+    The forward allocates 4 fresh [B, C] buffers, the student gradient 1. The teacher gradient of
+    KL, p_t * (log p_t - log p_s - KL) / T, recomputes the log-softmaxes and is only formed when
+    the teacher needs a gradient (never in training, where it is detached).
+    """
+
+    @staticmethod
+    def forward(ctx, logits_s: Tensor, logits_t: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+        classes = logits_s.shape[-1]
+        p_s, p_t = logits_s / temperature, logits_t / temperature
+        log_p_s, log_p_t = torch.log_softmax(p_s, -1), torch.log_softmax(p_t, -1)
+        torch.exp(log_p_s, out=p_s)
+        torch.exp(log_p_t, out=p_t)
+        # The same operations as kl_divergence(log_p_t, log_p_s), in the buffer of log_p_t.
+        kl = log_p_t.sub_(log_p_s).mul_(p_t).sum(-1)
+        x_s = torch.sub(p_s, 1 / classes, out=log_p_s)
+        x_t = torch.sub(p_t, 1 / classes, out=log_p_t)
+        square_s = classes * torch.linalg.vector_norm(x_s, dim=-1).square()
+        square_t = classes * torch.linalg.vector_norm(x_t, dim=-1).square()
+        inner = classes * x_s.mul_(x_t).sum(-1)
+        cosine = _cosine_from_moments(inner, square_s, square_t)
+        ctx.save_for_backward(p_s, p_t, kl, cosine, inner, square_s, square_t, logits_s, logits_t)
+        ctx.temperature = temperature
+        return kl, cosine
+
+    @staticmethod
+    def backward(ctx, grad_kl: Tensor, grad_cosine: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        p_s, p_t, kl, cosine, inner, square_s, square_t, logits_s, logits_t = ctx.saved_tensors
+        temperature = ctx.temperature
+        classes = p_s.shape[-1]
+        grad_kl = grad_kl / temperature
+        grad_cosine = grad_cosine * (classes / temperature)
+        norm = torch.rsqrt((square_s + COSINE_EPS) * (square_t + COSINE_EPS))
+        a = grad_cosine * norm
+
+        def cosine_coefficients(square_self: Tensor) -> tuple[Tensor, Tensor]:
+            """b and offset of `_SoftmaxPearson.backward` for one input."""
+            b = grad_cosine * cosine / (square_self + COSINE_EPS)
+            return b, (a * inner - b * square_self + a - b) / classes
+
+        grad_s = grad_t = None
+        if ctx.needs_input_grad[0]:
+            b, offset = cosine_coefficients(square_s)
+            grad_s = (torch.addcmul((grad_kl - offset)[:, None], p_t, a[:, None])
+                      .addcmul_(p_s, b[:, None], value=-1).mul_(p_s)
+                      .addcmul_(p_t, grad_kl[:, None], value=-1))
+        if ctx.needs_input_grad[1]:
+            b, offset = cosine_coefficients(square_t)
+            log_ratio = (torch.log_softmax(logits_t / temperature, -1)
+                         - torch.log_softmax(logits_s / temperature, -1))
+            weight = log_ratio.sub_(kl[:, None]).mul_(grad_kl[:, None])
+            grad_t = weight.sub_(offset[:, None]).addcmul_(p_s, a[:, None]).addcmul_(p_t, b[:, None], value=-1)
+            grad_t.mul_(p_t)
+        return grad_s, grad_t, None
+
+
 def relative_confidence(values: Tensor) -> Tensor:
     """The explicit relation matrix R_ij = v_i - v_j, `[B, C] -> [B, C, C]` (reference only)."""
     return values[:, :, None] - values[:, None, :]

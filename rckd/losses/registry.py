@@ -19,6 +19,7 @@ from rckd.losses.functional import (
     RELATIONS,
     at_least_float32,
     dkd_divergences,
+    kd_pearson,
     kl_divergence,
     pearson,
     relation_cosine,
@@ -81,10 +82,16 @@ def _dist_terms(params: dict[str, Any], logits_s: Tensor, logits_t: Tensor, targ
 def _rckd_terms(params: dict[str, Any], logits_s: Tensor, logits_t: Tensor, target: Tensor,
                 epoch: Epoch) -> Terms:
     temperature = params["T"]
-    cosine = relation_cosine(logits_s, logits_t, params["relation"], temperature, params["kappa"])
+    if params["relation"] == "prob_diff":
+        # KD and the prob_diff cosine share one tempered softmax of each input.
+        kl, cosine = kd_pearson(logits_s, logits_t, temperature)
+        kd = temperature**2 * kl.mean()
+    else:
+        cosine = relation_cosine(logits_s, logits_t, params["relation"], temperature, params["kappa"])
+        kd = _kd_divergence(logits_s, logits_t, temperature)
     return {
         "ce": params["ce"] * F.cross_entropy(logits_s, target),
-        "kd": params["kd"] * _kd_divergence(logits_s, logits_t, temperature),
+        "kd": params["kd"] * kd,
         "rc": params["rc"] * temperature**2 * (1 - cosine).mean(),
     }
 

@@ -18,9 +18,17 @@ def conv_bn(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, groups: 
     return nn.Sequential(*layers)
 
 
-def classifier_head(in_features: int, num_classes: int) -> nn.Sequential:
-    """Global average pool (any spatial size) -> flatten -> linear logits."""
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(in_features, num_classes))
+class Classifier(nn.Module):
+    """Every model of the zoo: `features`, then global average pool (any spatial size), flatten and
+    a linear layer: logits only. Families build their feature layers and hand them over."""
+
+    def __init__(self, layers: list[nn.Module], feature_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(feature_channels, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

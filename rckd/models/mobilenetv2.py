@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rckd.models.layers import classifier_head, conv_bn
+from rckd.models.layers import Classifier, conv_bn
 from rckd.models.registry import register
 
 # (expansion t, output channels c at width 1, blocks n, stride s of the first block)
@@ -37,9 +37,8 @@ class InvertedResidual(nn.Module):
         return x + out if self.residual else out
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(Classifier):
     def __init__(self, width_mult: float, num_classes: int, in_channels: int) -> None:
-        super().__init__()
         in_ch = int(_STEM_WIDTH * width_mult)
         layers: list[nn.Module] = [conv_bn(in_channels, in_ch, 3, stride=2)]
         for expansion, channels, count, first_stride in _SETTINGS:
@@ -48,11 +47,7 @@ class MobileNetV2(nn.Module):
                 layers.append(InvertedResidual(in_ch, out_ch, first_stride if index == 0 else 1, expansion))
                 in_ch = out_ch
         layers.append(conv_bn(in_ch, _LAST_WIDTH, 1))
-        self.features = nn.Sequential(*layers)
-        self.head = classifier_head(_LAST_WIDTH, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        super().__init__(layers, _LAST_WIDTH, num_classes)
 
 
 @register

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rckd.models.layers import classifier_head, conv_bn
+from rckd.models.layers import Classifier, conv_bn
 from rckd.models.registry import register
 
 
@@ -54,12 +54,11 @@ class Bottleneck(nn.Module):
         return F.relu(self.residual(x) + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(Classifier):
     """3x3 stem, then one stage per width (stride 1 for the first stage, 2 after), pool, linear."""
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], stem_width: int, widths: tuple[int, ...],
                  blocks_per_stage: tuple[int, ...], num_classes: int, in_channels: int) -> None:
-        super().__init__()
         layers: list[nn.Module] = [conv_bn(in_channels, stem_width, 3)]
         in_ch = stem_width
         for stage, (width, count) in enumerate(zip(widths, blocks_per_stage)):
@@ -67,11 +66,7 @@ class CifarResNet(nn.Module):
                 stride = 2 if stage > 0 and index == 0 else 1
                 layers.append(block(in_ch, width, stride))
                 in_ch = width * block.expansion
-        self.features = nn.Sequential(*layers)
-        self.head = classifier_head(in_ch, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        super().__init__(layers, in_ch, num_classes)
 
 
 def _basic(depth: int, stem_width: int, widths: tuple[int, int, int], num_classes: int,

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rckd.models.layers import channel_shuffle, classifier_head, conv_bn
+from rckd.models.layers import channel_shuffle, Classifier, conv_bn
 from rckd.models.registry import register
 
 _STEM_WIDTH = 24
@@ -43,9 +43,8 @@ class ShuffleUnit(nn.Module):
         return F.relu(merged)
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(Classifier):
     def __init__(self, groups: int, num_classes: int, in_channels: int) -> None:
-        super().__init__()
         layers: list[nn.Module] = [conv_bn(in_channels, _STEM_WIDTH, 1)]
         in_ch = _STEM_WIDTH
         for width, count in zip(_STAGE_WIDTHS, _STAGE_UNITS):
@@ -54,11 +53,7 @@ class ShuffleNetV1(nn.Module):
                 first_groups = 1 if in_ch == _STEM_WIDTH else groups
                 layers.append(ShuffleUnit(in_ch, width, 2 if index == 0 else 1, groups, first_groups))
                 in_ch = width
-        self.features = nn.Sequential(*layers)
-        self.head = classifier_head(in_ch, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        super().__init__(layers, in_ch, num_classes)
 
 
 @register

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rckd.models.layers import channel_shuffle, classifier_head, conv_bn
+from rckd.models.layers import channel_shuffle, Classifier, conv_bn
 from rckd.models.registry import register
 
 _STEM_WIDTH = 24
@@ -52,9 +52,8 @@ class DownUnit(nn.Module):
         return channel_shuffle(torch.cat([self.left(x), self.right(x)], 1), 2)
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(Classifier):
     def __init__(self, num_classes: int, in_channels: int) -> None:
-        super().__init__()
         layers: list[nn.Module] = [conv_bn(in_channels, _STEM_WIDTH, 1)]
         in_ch = _STEM_WIDTH
         for width, count in zip(_STAGE_WIDTHS, _STAGE_UNITS):
@@ -62,11 +61,7 @@ class ShuffleNetV2(nn.Module):
             layers += [SplitUnit(width) for _ in range(count)]
             in_ch = width
         layers.append(conv_bn(in_ch, _LAST_WIDTH, 1))
-        self.features = nn.Sequential(*layers)
-        self.head = classifier_head(_LAST_WIDTH, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        super().__init__(layers, _LAST_WIDTH, num_classes)
 
 
 @register

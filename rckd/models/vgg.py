@@ -3,19 +3,17 @@ three, global average pool, one linear layer from 512 features."""
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from rckd.models.layers import classifier_head, conv_bn
+from rckd.models.layers import Classifier, conv_bn
 from rckd.models.registry import register
 
 _WIDTHS = (64, 128, 256, 512, 512)
 _POOLED_GROUPS = 3  # 32 -> 4 pixels; a fourth pool would leave 2x2 (and 1x1 at 28x28)
 
 
-class VGG(nn.Module):
+class VGG(Classifier):
     def __init__(self, convs_per_group: int, num_classes: int, in_channels: int) -> None:
-        super().__init__()
         layers: list[nn.Module] = []
         in_ch = in_channels
         for group, width in enumerate(_WIDTHS):
@@ -24,11 +22,7 @@ class VGG(nn.Module):
                 in_ch = width
             if group < _POOLED_GROUPS:
                 layers.append(nn.MaxPool2d(2, 2))
-        self.features = nn.Sequential(*layers)
-        self.head = classifier_head(in_ch, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        super().__init__(layers, in_ch, num_classes)
 
 
 @register

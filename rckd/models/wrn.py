@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rckd.models.layers import classifier_head
+from rckd.models.layers import Classifier
 from rckd.models.registry import register
 
 
@@ -34,11 +34,10 @@ class PreActBlock(nn.Module):
         return residual + shortcut
 
 
-class WideResNet(nn.Module):
+class WideResNet(Classifier):
     """3x3 stem to 16 channels, three stages of width 16k/32k/64k, final BN-ReLU, pool, linear."""
 
     def __init__(self, depth: int, widen: int, num_classes: int, in_channels: int) -> None:
-        super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
@@ -49,11 +48,7 @@ class WideResNet(nn.Module):
                 layers.append(PreActBlock(in_ch, width, 2 if stage > 0 and index == 0 else 1))
                 in_ch = width
         layers += [nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True)]
-        self.features = nn.Sequential(*layers)
-        self.head = classifier_head(in_ch, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        super().__init__(layers, in_ch, num_classes)
 
 
 @register
