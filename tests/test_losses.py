@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import rckd.losses as losses
 from rckd.errors import RckdError
-from rckd.losses import functional
+from rckd.losses import functional, registry
 
 RELATIONS = functional.RELATIONS
 METHOD_CASES = [("ce", {}), ("kd", {}), ("dkd", {}), ("dist", {})] + [
@@ -330,6 +330,51 @@ def test_rckd_prob_diff_rc_equals_the_dist_inter_term():
     torch.testing.assert_close(rc, inter, rtol=0, atol=0)
 
 
+# --- RCKD prob_diff: KD and the cosine fused ---------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("classes", [3, 100, 1000])  # with 2 classes the cosine is +-1, its gradient noise
+@pytest.mark.parametrize("scale", [0.5, 3.0, 30.0, 1e3])
+def test_fused_rckd_terms_equal_the_unfused_computation(scale, classes, dtype):
+    zs, zt = _logits(16, classes, scale, seed=43, dtype=dtype), _logits(16, classes, scale, seed=44, dtype=dtype)
+    student, teacher = zs.float().requires_grad_(), zt.float()
+    loss = losses.build("rckd", ce=0.0, T=4.0)
+    terms = loss(zs, zt, _targets(16, classes), 1)  # bf16 inputs are upcast inside
+    kd = 0.9 * registry._kd_divergence(student, teacher, 4.0)
+    rc = 16 * (1 - functional.softmax_pearson(student, teacher, 4.0)).mean()
+    torch.testing.assert_close(terms["kd"], kd, rtol=1e-6, atol=0)
+    torch.testing.assert_close(terms["rc"], rc, rtol=1e-6, atol=0)
+    kl, cosine = functional.kd_pearson(student, teacher, 4.0)
+    torch.testing.assert_close(cosine, functional.softmax_pearson(student, teacher, 4.0), rtol=0, atol=1e-6)
+    unfused_kl = functional.kl_divergence(F.log_softmax(teacher / 4, -1), F.log_softmax(student / 4, -1))
+    torch.testing.assert_close(kl, unfused_kl, rtol=1e-6, atol=1e-8)
+    fused = loss(student, teacher, _targets(16, classes), 1)
+    (fused_grad,) = torch.autograd.grad(fused["kd"] + fused["rc"], student)
+    (unfused_grad,) = torch.autograd.grad(kd + rc, student)
+    # Entries of the size of float32 rounding of the largest one may differ in their own digits.
+    torch.testing.assert_close(fused_grad, unfused_grad, rtol=1e-4, atol=1e-6 * unfused_grad.abs().max())
+
+
+@pytest.mark.parametrize("teacher_grad", [False, True])
+def test_kd_pearson_gradcheck_float64(teacher_grad):
+    zs = _logits(4, 7, 2.0, seed=45, dtype=torch.float64).requires_grad_()
+    zt = _logits(4, 7, 2.0, seed=46, dtype=torch.float64).requires_grad_(teacher_grad)
+    assert torch.autograd.gradcheck(lambda a, b: functional.kd_pearson(a, b, 1.5), (zs, zt))
+
+
+def test_kd_pearson_gradients_sum_to_zero_per_sample():
+    """Both outputs depend on the logits only through the softmax, which is shift-invariant."""
+    zs = _logits(6, 15, 2.0, seed=47).requires_grad_()
+    zt = _logits(6, 15, 2.0, seed=48)
+    kl, cosine = functional.kd_pearson(zs, zt, 4.0)
+    for value in (kl, cosine):
+        (grad,) = torch.autograd.grad(value.sum(), zs, retain_graph=True)
+        assert grad.abs().max() > 1e-3
+        # Up to one float32 rounding of the largest entry per class.
+        rounding = 15 * torch.finfo(torch.float32).eps * grad.abs().max()
+        torch.testing.assert_close(grad.sum(1), torch.zeros(6), atol=rounding, rtol=0)
+
+
 # --- every method -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("method", "params"), METHOD_CASES + [
@@ -357,7 +402,8 @@ def test_ce_needs_no_teacher():
     torch.testing.assert_close(loss(zs, None, y, 0)["ce"], F.cross_entropy(zs, y))
 
 
-@pytest.mark.parametrize(("method", "params"), [("dkd", {}), ("rckd", {"relation": "rank"}), ("dist", {})])
+@pytest.mark.parametrize(("method", "params"), [("dkd", {}), ("rckd", {"relation": "rank"}), ("dist", {}),
+                                               ("rckd", {"relation": "prob_diff"})])
 def test_loss_compiles_as_one_graph_with_a_tensor_epoch(method, params):
     loss = losses.build(method, **params)
 

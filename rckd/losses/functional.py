@@ -89,8 +89,9 @@ def softmax_pearson(logits_s: Tensor, logits_t: Tensor, temperature: float) -> T
     """Per-row Pearson correlation of softmax(z_s / T) and softmax(z_t / T).
 
     Equal to `pearson(uniform_scaled_probabilities(...), ...)` (same COSINE_EPS convention), but
-    with a hand-written backward: this is the RCKD prob_diff term and DIST's inter-class term,
-    and autograd through the generic version allocates several times more [B, C] buffers.
+    with a hand-written backward: this is the prob_diff relation cosine and DIST's inter-class
+    term, and autograd through the generic version allocates several times more [B, C] buffers.
+    The RCKD loss gets the same cosine together with KD from `kd_pearson`.
     """
     return _SoftmaxPearson.apply(logits_s, logits_t, temperature)
 
@@ -144,72 +145,71 @@ class _SoftmaxPearson(torch.autograd.Function):
 def kd_pearson(logits_s: Tensor, logits_t: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     """Per-row KL(p_t || p_s) and Pearson correlation of p_s, p_t = softmax(z / T), fused.
 
-    The same values as `kl_divergence` on the two tempered log-softmaxes and `softmax_pearson`
-    (to float rounding: the probabilities come from exp(log_softmax)), for RCKD's default
-    prob_diff relation, whose loss needs both: one pass over the tempered softmaxes serves both
-    terms and one hand-written backward returns their summed gradient.
+    The values of `kl_divergence` on the two tempered log-softmaxes and of `softmax_pearson`, to
+    float rounding, for RCKD's default prob_diff relation, whose loss needs both: the two terms
+    share the tempered (log-)softmaxes and one hand-written backward returns their summed gradient.
+    Inputs are float32 or float64 (`at_least_float32`).
     """
     return _KdPearson.apply(logits_s, logits_t, temperature)
 
 
 class _KdPearson(torch.autograd.Function):
-    """KL and the `_SoftmaxPearson` cosine from one log-softmax per input.
+    """KL and the `_SoftmaxPearson` cosine from one stacked [2, B, C] tempering of student and teacher.
 
-    The student gradient of KL(p_t || p_s) is (p_s - p_t) / T, so with the cosine's terms (see
-    `_SoftmaxPearson`) the student gradient is, with every coefficient already divided by T,
-        p_s * (a p_t - b p_s - offset + k) - k p_t,   k = grad_kl / T.
-    The forward allocates 4 fresh [B, C] buffers, the student gradient 1. The teacher gradient of
-    KL, p_t * (log p_t - log p_s - KL) / T, recomputes the log-softmaxes and is only formed when
-    the teacher needs a gradient (never in training, where it is detached).
+    Stacking halves the operator calls, which is most of the cost at CIFAR sizes. KL uses the
+    operations of `kl_divergence` on the log-softmax; the cosine uses the softmax itself, which is
+    cheaper than exp(log_softmax) and keeps its rounding (x = p - 1/C is tiny for flat rows). The
+    three moments come from one batched Gram matrix of x.
+
+    Backward, with every coefficient already divided by T: the student gradient of
+    KL(p_t || p_s) is k (p_s - p_t), k = grad_kl / T, and that of the cosine is
+    p_s * (a p_t - b p_s - offset) as in `_SoftmaxPearson`, where (inner + e) a = (M_ss + e) b
+    makes its offset (a - b)(1 - e) / C. So
+        grad_s = p_s * (a p_t - b p_s + k - offset) - k p_t:
+    4 passes and 1 fresh [B, C] buffer; the forward allocates 3 [2, B, C] buffers. The teacher
+    gradient of KL, k p_t (log p_t - log p_s - KL), recomputes the log-softmaxes and is only
+    formed when the teacher needs a gradient (never in training, where it is detached).
     """
 
     @staticmethod
     def forward(ctx, logits_s: Tensor, logits_t: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
         classes = logits_s.shape[-1]
-        p_s, p_t = logits_s / temperature, logits_t / temperature
-        log_p_s, log_p_t = torch.log_softmax(p_s, -1), torch.log_softmax(p_t, -1)
-        torch.exp(log_p_s, out=p_s)
-        torch.exp(log_p_t, out=p_t)
-        # The same operations as kl_divergence(log_p_t, log_p_s), in the buffer of log_p_t.
-        kl = log_p_t.sub_(log_p_s).mul_(p_t).sum(-1)
-        x_s = torch.sub(p_s, 1 / classes, out=log_p_s)
-        x_t = torch.sub(p_t, 1 / classes, out=log_p_t)
-        square_s = classes * torch.linalg.vector_norm(x_s, dim=-1).square()
-        square_t = classes * torch.linalg.vector_norm(x_t, dim=-1).square()
-        inner = classes * x_s.mul_(x_t).sum(-1)
-        cosine = _cosine_from_moments(inner, square_s, square_t)
-        ctx.save_for_backward(p_s, p_t, kl, cosine, inner, square_s, square_t, logits_s, logits_t)
+        scaled = torch.stack((logits_s, logits_t)).div_(temperature)
+        log_p, p = torch.log_softmax(scaled, -1), torch.softmax(scaled, -1)
+        kl = log_p[1].sub_(log_p[0]).mul_(p[1]).sum(-1)
+        centred = torch.sub(p, 1 / classes, out=scaled).transpose(0, 1)
+        # moments[:, i, j] = C * sum(x_i * x_j) + COSINE_EPS, as in _cosine_from_moments.
+        moments = torch.bmm(centred, centred.transpose(1, 2)).mul_(classes).add_(COSINE_EPS)
+        norm = moments.diagonal(dim1=1, dim2=2).prod(-1).rsqrt_()
+        cosine = moments[:, 0, 1] * norm
+        ctx.save_for_backward(p, kl, cosine, norm, moments, logits_s, logits_t)
         ctx.temperature = temperature
         return kl, cosine
 
     @staticmethod
     def backward(ctx, grad_kl: Tensor, grad_cosine: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        p_s, p_t, kl, cosine, inner, square_s, square_t, logits_s, logits_t = ctx.saved_tensors
-        temperature = ctx.temperature
-        classes = p_s.shape[-1]
-        grad_kl = grad_kl / temperature
-        grad_cosine = grad_cosine * (classes / temperature)
-        norm = torch.rsqrt((square_s + COSINE_EPS) * (square_t + COSINE_EPS))
-        a = grad_cosine * norm
+        p, kl, cosine, norm, moments, logits_s, logits_t = ctx.saved_tensors
+        temperature, classes = ctx.temperature, p.shape[-1]
+        k = (grad_kl / temperature)[:, None]
+        scaled_grad = grad_cosine * (classes / temperature)
+        a = (scaled_grad * norm)[:, None]
 
-        def cosine_coefficients(square_self: Tensor) -> tuple[Tensor, Tensor]:
-            """b and offset of `_SoftmaxPearson.backward` for one input."""
-            b = grad_cosine * cosine / (square_self + COSINE_EPS)
-            return b, (a * inner - b * square_self + a - b) / classes
+        def coefficients(index: int) -> tuple[Tensor, Tensor]:
+            """b and offset of the cosine gradient for input `index` (0: student, 1: teacher)."""
+            b = (scaled_grad * cosine / moments[:, index, index])[:, None]
+            return b, (a - b).mul_((1 - COSINE_EPS) / classes)
 
         grad_s = grad_t = None
         if ctx.needs_input_grad[0]:
-            b, offset = cosine_coefficients(square_s)
-            grad_s = (torch.addcmul((grad_kl - offset)[:, None], p_t, a[:, None])
-                      .addcmul_(p_s, b[:, None], value=-1).mul_(p_s)
-                      .addcmul_(p_t, grad_kl[:, None], value=-1))
+            b, offset = coefficients(0)
+            grad_s = (torch.addcmul(k - offset, p[1], a).addcmul_(p[0], b, value=-1).mul_(p[0])
+                      .addcmul_(p[1], k, value=-1))
         if ctx.needs_input_grad[1]:
-            b, offset = cosine_coefficients(square_t)
+            b, offset = coefficients(1)
             log_ratio = (torch.log_softmax(logits_t / temperature, -1)
                          - torch.log_softmax(logits_s / temperature, -1))
-            weight = log_ratio.sub_(kl[:, None]).mul_(grad_kl[:, None])
-            grad_t = weight.sub_(offset[:, None]).addcmul_(p_s, a[:, None]).addcmul_(p_t, b[:, None], value=-1)
-            grad_t.mul_(p_t)
+            grad_t = (log_ratio.sub_(kl[:, None]).mul_(k).sub_(offset)
+                      .addcmul_(p[0], a).addcmul_(p[1], b, value=-1).mul_(p[1]))
         return grad_s, grad_t, None
 
 
