@@ -232,7 +232,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         correct = torch.zeros((), device=device, dtype=torch.long)
         show_bar = sys.stderr.isatty()
         for x, y in tqdm(batches, total=len(batches), disable=not show_bar, leave=False,
-                         desc=f"epoch {epoch + 1}/{config.epochs}"):
+                         desc=f"epoch {epoch_number}/{config.epochs}"):
             if compile_mode != "none":
                 torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
             with autocast():
@@ -251,13 +251,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 term_sums[name] = term_sums.get(name, 0) + value.detach() * len(y)
             correct += (logits_s.detach().argmax(1) == y).sum()
 
-        # End of epoch: the one host synchronisation.
+        # End of epoch: the one host synchronisation (every term and the accuracy in one transfer).
         seen = len(train_split.labels)  # every sample once per epoch (the last batch may be short)
-        mean_terms = {name: (value / seen).item() for name, value in term_sums.items()}
+        *term_means, train_top1 = (torch.stack([*term_sums.values(), correct.float()]) / seen).tolist()
+        mean_terms = dict(zip(term_sums, term_means))
         bad = [name for name, value in mean_terms.items() if not math.isfinite(value)]
         if bad:
             raise RckdError(
-                f"non-finite loss in epoch {epoch + 1}: term(s) {', '.join(bad)} = "
+                f"non-finite loss in epoch {epoch_number}: term(s) {', '.join(bad)} = "
                 f"{[mean_terms[name] for name in bad]}; lower the lr or check the data and teacher"
             )
         test_logits = evaluate_test()
@@ -267,15 +268,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
             tau = kendall_tau(test_logits[subset].double(), teacher_subset_logits.double(), exclude=test_labels[subset])
             tau_nt = round(torch.nanmean(tau).item(), 6)
         elapsed += time.perf_counter() - began
-        row = {"epoch": epoch + 1, "lr": lr, **{f"loss_{k}": round(v, 6) for k, v in mean_terms.items()},
-               "train_top1": round(correct.item() / seen * 100, 4), "test_top1": round(test_top1, 4),
+        row = {"epoch": epoch_number, "lr": float(f"{lr:.6g}"),  # 0.005, not 0.005000000000000001
+               **{f"loss_{k}": round(v, 6) for k, v in mean_terms.items()},
+               "train_top1": round(train_top1 * 100, 4), "test_top1": round(test_top1, 4),
                "tau_nt": tau_nt, "seconds": round(time.perf_counter() - began, 3)}
         history.append(row)
         print(" ".join(f"{key}={value}" for key, value in row.items()), flush=True)
 
-        if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+        if epoch_number % config.checkpoint_every == 0 or epoch_number == config.epochs:
             save_torch(resume_path, {
-                "config": identity, "epoch": epoch + 1, "history": history,
+                "config": identity, "epoch": epoch_number, "history": history,
                 "elapsed": elapsed, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
                 "batches": batches.state_dict(), "cpu_rng": torch.get_rng_state(),
             })
