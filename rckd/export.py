@@ -261,7 +261,8 @@ def run(args: argparse.Namespace) -> int:
         raise RckdError(f"--calibration-size must be at least 1, got {args.calibration_size}")
     model, meta = load_model(args.model)
     options = dict(args.data_option)
-    test = data.load(meta["dataset"], args.data_root, "test", **options)
+    splits = data.load_splits(meta["dataset"], args.data_root, **options)
+    test = splits["test"]
     if list(test.classes) != list(meta["classes"]) or list(test.images.shape[1:]) != list(meta["input_size"]):
         raise RckdError(
             f"the {meta['dataset']} test split in {args.data_root} ({len(test.classes)} classes, images "
@@ -270,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
         )
     calibration = None
     if args.int8_out is not None:
-        train = data.load(meta["dataset"], args.data_root, "train", **options)
+        train = splits["train"]
         chosen = train.images[calibration_indices(len(train.images), args.calibration_size)]
         calibration = normalize(chosen, meta["mean"], meta["std"])
     report = export(model, meta, normalize(test.images, meta["mean"], meta["std"]), test.labels, args.out,

@@ -159,8 +159,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     on_cuda = device.type == "cuda"
     memory_format = torch.channels_last if on_cuda else torch.contiguous_format
 
-    train_split = data.load(config.dataset, config.data_root, "train", **config.data_options)
-    test_split = data.load(config.dataset, config.data_root, "test", **config.data_options)
+    splits = data.load_splits(config.dataset, config.data_root, **config.data_options)
+    train_split, test_split = splits["train"], splits["test"]
     num_classes, in_channels = len(train_split.classes), train_split.images.shape[1]
 
     torch.manual_seed(config.seed)

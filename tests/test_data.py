@@ -431,3 +431,15 @@ def test_synthetic_image_size_scales_the_images_and_is_checked():
     assert small.images.shape[1:] == (3, 16, 16)
     with pytest.raises(RckdError, match="image_size must be int >= 8"):
         data.load("synthetic", ".", "train", image_size=4)
+
+
+def test_load_splits_reads_the_cache_once_and_equals_load(tmp_path, monkeypatch):
+    data.prepare("synthetic", tmp_path, **SMALL)
+    reads = []
+    original = cache.read
+    monkeypatch.setattr(cache, "read", lambda *args, **kwargs: reads.append(1) or original(*args, **kwargs))
+    splits = data.load_splits("synthetic", tmp_path, **SMALL)
+    assert len(reads) == 1
+    for split in ("train", "test"):
+        alone = data.load("synthetic", tmp_path, split, **SMALL)
+        assert torch.equal(splits[split].images, alone.images) and torch.equal(splits[split].labels, alone.labels)

@@ -5,9 +5,9 @@
 sets, `rckd.data.augment` for batching and augmentation on the training device.
 """
 
-from rckd.data.datasets import DATASETS, load
+from rckd.data.datasets import DATASETS, load, load_splits
 # Importing the function binds `rckd.data.prepare` to it rather than to the CLI module of that name.
 from rckd.data.prepare import prepare
 from rckd.data.split import Split
 
-__all__ = ["DATASETS", "Split", "load", "prepare"]
+__all__ = ["DATASETS", "Split", "load", "load_splits", "prepare"]

@@ -46,11 +46,16 @@ def load(name: str, root: str | os.PathLike, split: str, *, download: bool = Fal
     """One split of a data set: from `<root>/<name>.pt` when `rckd prepare` wrote it, else from the source."""
     if split not in SPLITS:
         raise RckdError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    return load_splits(name, root, download=download, **options)[split]
+
+
+def load_splits(name: str, root: str | os.PathLike, *, download: bool = False, **options: Any) -> dict[str, Split]:
+    """Both splits from one read of the cache (or one build from the source): {"train": ..., "test": ...}."""
     resolved = resolve_options(name, options)
     path = cache.cache_path(root, name)
     if path.exists():
-        return cache.read(path, name, root, resolved, download=download)[split]
-    return build(name, root, download=download, options=resolved)[split]
+        return cache.read(path, name, root, resolved, download=download)
+    return build(name, root, download=download, options=resolved)
 
 
 def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:

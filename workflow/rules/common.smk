@@ -1,5 +1,6 @@
 # Shared helpers: the runs each experiment needs, their directories, and the checks the JSON schema
-# cannot express (cross references between keys). Everything here is plain Python over `config`.
+# cannot express (cross references between keys). It imports rckd for the loss defaults, the data
+# options and the run-name format, so that the DAG and the jobs agree on them.
 import shlex
 import sys
 from pathlib import Path
