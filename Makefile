@@ -8,7 +8,9 @@ CORES ?= 2
 GPU_SLOTS ?= 2
 SNAKEMAKE := $(BIN)/snakemake --cores $(CORES)
 
-.PHONY: demo test paper fashion report lint dry-run clean
+.PHONY: demo test paper fashion report lint dry-run clean system-packages
+# Debian packages the test suite uses: the real-image data set (Fashion-MNIST).
+DEBIAN_PACKAGES := dataset-fashion-mnist
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +26,13 @@ demo: $(VENV)/.installed  ## the whole DAG on synthetic data, on CPU, in minutes
 	$(SNAKEMAKE) --configfile config/quick.yaml --report results/synthetic/report.html
 	@echo "results: results/synthetic/  report: results/synthetic/report.html"
 
-test: $(VENV)/.installed  ## the test suite (CPU)
+system-packages:  ## Debian packages the tests use (root: apt-get; else prints the command)
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "missing Debian packages: $$missing (sudo apt-get install $$missing)"; exit 1; fi
+
+test: $(VENV)/.installed system-packages  ## the test suite (CPU)
 	$(BIN)/pytest -q
 
 paper: $(VENV)/.installed  ## the paper's CIFAR-100 experiments in .venv (GPU; set CORES, GPU_SLOTS)

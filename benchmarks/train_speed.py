@@ -118,7 +118,7 @@ def save_fresh_teacher(path: Path, arch: str, split: data.Split, options: dict[s
     meta = {
         "arch": arch, "num_classes": len(split.classes), "in_channels": split.images.shape[1],
         "input_size": list(split.images.shape[1:]), "dataset": "synthetic",
-        "data_options": data.datasets.resolve_options("synthetic", options), "mean": list(split.mean),
+        "data_options": data.options.resolve_options("synthetic", options), "mean": list(split.mean),
         "std": list(split.std), "classes": list(split.classes), "method": "ce", "params": {}, "teacher": None,
         "teacher_arch": None, "seed": 0, "epochs": 0, "final_top1": 0.0, "best_top1": 0.0, "best_epoch": 0,
         "rckd_version": __version__,

@@ -14,7 +14,9 @@ from rckd.errors import RckdError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("rckd.data.prepare", "write a data set once to a checksummed cache file"),
+    "bank": ("rckd.bank", "a teacher's logits under every augmentation view, for its students"),
     "train": ("rckd.train", "train a teacher, a vanilla student or a distilled student"),
+    "import-teacher": ("rckd.teachers", "a published teacher checkpoint -> an rckd model.pt (offline)"),
     "evaluate": ("rckd.evaluate", "test-set metrics and fidelity to the teacher -> eval.json"),
     "summarize": ("rckd.report.summary", "collect an experiment's runs into summary.csv"),
     "table": ("rckd.report.tables", "paper-style results tables (markdown + csv)"),

@@ -15,11 +15,12 @@ import torch
 
 from rckd import data, losses, metrics
 from rckd.checkpoint import load_model
-from rckd.device import add_threads_argument, resolve_device, set_threads
+from rckd.device import add_threads_argument, set_threads
+from rckd.gpu import claim_device
+from rckd.inference import check_fits, predict_logits
 from rckd.errors import RckdError
 from rckd.io import write_json
 from rckd.data.prepare import parse_option
-from rckd.train import predict_logits
 
 FALLBACK_TEMPERATURE = 4.0  # for methods without a temperature (e.g. a `ce` model compared to a teacher)
 ECE_BINS = 15
@@ -31,30 +32,16 @@ def fidelity_temperature(meta: dict[str, Any]) -> float:
     return FALLBACK_TEMPERATURE if temperature is None else float(temperature)
 
 
-def _check_same_task(student_path: Path, meta: dict[str, Any], teacher_path: Path,
-                     teacher_meta: dict[str, Any]) -> None:
-    for key in ("dataset", "num_classes"):
-        if meta[key] != teacher_meta[key]:
-            raise RckdError(
-                f"teacher {teacher_path} ({key}={teacher_meta[key]!r}) does not match student {student_path} "
-                f"({key}={meta[key]!r}); pass the teacher the student was distilled from"
-            )
-
-
 @torch.no_grad()
 def evaluate(model_path: Path, data_root: Path, teacher_path: Path | None = None, device: str = "auto",
-             batch_size: int = 1000, data_options: dict[str, Any] | None = None) -> dict[str, Any]:
+             batch_size: int = 1000, data_options: dict[str, Any] | None = None, gpu_slots: int = 0) -> dict[str, Any]:
     """The eval.json record for one model (and its teacher, when given)."""
     if batch_size < 1:
         raise RckdError(f"--batch-size must be positive, got {batch_size}")
-    target_device = resolve_device(device)
+    target_device, _slot = claim_device(device, gpu_slots)  # the slot is held while `_slot` lives
     model, meta = load_model(model_path, target_device)
     split = data.load(meta["dataset"], data_root, "test", **(data_options or {}))
-    if len(split.classes) != meta["num_classes"]:
-        raise RckdError(
-            f"{model_path} predicts {meta['num_classes']} classes but the {meta['dataset']} test split in "
-            f"{data_root} has {len(split.classes)}; pass the --data-option values the model was trained with"
-        )
+    check_fits(model_path, meta, meta["dataset"], data_options or {}, split)
     images, labels = split.images.to(target_device), split.labels.to(target_device)
     logits = predict_logits(model, images, split.mean, split.std, batch_size)
     values = {
@@ -69,7 +56,7 @@ def evaluate(model_path: Path, data_root: Path, teacher_path: Path | None = None
     }
     if teacher_path is not None:
         teacher, teacher_meta = load_model(teacher_path, target_device)
-        _check_same_task(model_path, meta, teacher_path, teacher_meta)
+        check_fits(teacher_path, teacher_meta, meta["dataset"], data_options or {}, split)
         teacher_logits = predict_logits(teacher, images, split.mean, split.std, batch_size)
         temperature = fidelity_temperature(meta)
         values.update(metrics.fidelity(logits, teacher_logits, labels, temperature))
@@ -88,13 +75,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1000, help="test images per forward pass")
     parser.add_argument("--data-option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
                         help="data set option the model was trained with (synthetic sizes, seed); repeatable")
+    parser.add_argument("--gpu-slots", type=int, default=0,
+                        help="on CUDA, claim one of this many job slots per GPU first, as training does")
     add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     record = evaluate(args.model, args.data_root, args.teacher, args.device, args.batch_size,
-                      dict(args.data_option))
+                      dict(args.data_option), args.gpu_slots)
     write_json(args.out, record)
     summary = f"top1={record['top1']:.2f} top5={record['top5']:.2f} nll={record['nll']:.4f} ece={record['ece']:.4f}"
     if record["teacher"] is not None:

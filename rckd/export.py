@@ -34,6 +34,7 @@ from rckd.data.prepare import parse_option
 from rckd.deploy import CPU, METADATA_PREFIX, ModelInfo, open_session
 from rckd.device import add_threads_argument, set_threads
 from rckd.errors import RckdError
+from rckd.inference import check_fits
 from rckd.io import atomic_path, write_json
 from rckd.metrics import topk_accuracy
 
@@ -263,12 +264,7 @@ def run(args: argparse.Namespace) -> int:
     options = dict(args.data_option)
     splits = data.load_splits(meta["dataset"], args.data_root, **options)
     test = splits["test"]
-    if list(test.classes) != list(meta["classes"]) or list(test.images.shape[1:]) != list(meta["input_size"]):
-        raise RckdError(
-            f"the {meta['dataset']} test split in {args.data_root} ({len(test.classes)} classes, images "
-            f"{list(test.images.shape[1:])}) is not the data {args.model} was trained on ({meta['num_classes']} "
-            f"classes, images {meta['input_size']}); pass the --data-option values it was trained with"
-        )
+    check_fits(args.model, meta, meta["dataset"], options, test)
     calibration = None
     if args.int8_out is not None:
         train = splits["train"]

@@ -67,3 +67,23 @@ def claim(
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(f"no free GPU slot among {num_gpus} GPUs x {slots_per_gpu} slots in {lock_dir}")
         time.sleep(poll)
+
+
+def claim_device(name: str, slots_per_gpu: int):
+    """(torch device named by a --device value, the GPU slot claimed on it or None). With CUDA and
+    slots_per_gpu > 0 the job waits for a free slot and keeps it until the process exits; under SLURM
+    the scheduler already gave the job its GPU, and slots are for sharing one machine without one."""
+    import torch
+
+    from rckd.device import resolve_device
+
+    device = resolve_device(name)
+    if device != torch.device("cuda") or slots_per_gpu < 1 or "SLURM_JOB_ID" in os.environ:
+        return device, None
+    slot = try_claim(torch.cuda.device_count(), slots_per_gpu)
+    if slot is None:
+        print(f"waiting for a free GPU slot ({slots_per_gpu} per GPU, locks in {DEFAULT_LOCK_DIR})", flush=True)
+        slot = claim(torch.cuda.device_count(), slots_per_gpu)
+    print(f"claimed GPU {slot.gpu} slot {slot.slot}", flush=True)
+    torch.cuda.set_device(slot.gpu)
+    return torch.device(f"cuda:{slot.gpu}"), slot

@@ -1,9 +1,13 @@
 """The trainer: teachers and vanilla students (`ce`) and distilled students (any `rckd.losses` method).
 
-One short loop. Data and augmentation live on the device; loss terms and accuracy accumulate on the
-device, so an epoch has no host synchronisation until its end. On CUDA: bf16 autocast, channels_last,
-CUDA graphs through torch.compile(mode="reduce-overhead"), fused SGD. On CPU: eager fp32, same loop.
-Resumable: `resume.pt` (model, optimizer, epoch, data RNG, history) is written every few epochs.
+One short loop (`train`), with its setup, resume, epoch and finish as named functions beside it.
+Data and augmentation live on the device; loss terms and accuracy accumulate on the device, so an
+epoch has no host synchronisation until its end. Teacher logits are always fp32: the teacher runs
+outside the student's autocast, or its logits come from a precomputed bank (`rckd.bank`). On CUDA:
+bf16 autocast, channels_last, the student's forward and loss compiled as one graph (CUDA graphs with
+reduce-overhead), fused SGD. On CPU: eager fp32, same loop. Resumable: `resume.pt` is written every
+few epochs and, mid-epoch, on SIGTERM (a SLURM time limit or preemption), after which the run exits
+with status 143; rerunning the same command continues it to the same weights.
 """
 
 from __future__ import annotations
@@ -11,11 +15,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
+import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +27,23 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from rckd import __version__, data, losses, models
+from rckd import __version__, bank, data, losses, models
 from rckd.checkpoint import load_model, load_torch, save_model, save_torch
-from rckd.data.augment import TrainBatches, eval_inputs
+from rckd.data.augment import TrainBatch, TrainBatches
+from rckd.data.options import resolve_options
 from rckd.data.prepare import parse_option
-from rckd.errors import RckdError
 from rckd.device import add_threads_argument, resolve_device, set_threads
-from rckd.gpu import DEFAULT_LOCK_DIR, GpuSlot, claim, try_claim
+from rckd.errors import RckdError
+from rckd.gpu import GpuSlot, claim_device
+from rckd.inference import check_fits, predict_logits
 from rckd.io import write_csv, write_json
+from rckd.losses.catalog import parse_param
 from rckd.metrics import kendall_tau
 
 TAU_SUBSET = 1000  # fixed test images on which the per-epoch rank fidelity to the teacher is logged
 TAU_SUBSET_SEED = 1234  # the same subset for every run, so curves of different runs are comparable
+COMPILE_MODES = ("auto", "none", "default", "reduce-overhead")
+PREEMPTED_STATUS = 143  # 128 + SIGTERM, what a shell reports for a process it ended
 
 
 @dataclass
@@ -57,7 +66,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # fp32 | bf16 | auto (bf16 on CUDA)
-    compile: str = "auto"  # none | reduce-overhead | auto (reduce-overhead on CUDA)
+    compile: str = "auto"  # none | default (inductor) | reduce-overhead (+ CUDA graphs) | auto (that on CUDA)
+    teacher_bank: Path | None = None  # logits of the teacher under every view (rckd.bank), instead of running it
+    bank_fallback: bool = False  # run the teacher live when the bank does not fit in memory (teacher_bank: auto)
     checkpoint_every: int = 5
     eval_batch_size: int = 1000
     gpu_slots: int = 0  # >0: claim one of this many job slots per visible GPU (rckd.gpu)
@@ -79,8 +90,11 @@ class TrainConfig:
             raise RckdError(f"milestones must be increasing positive epochs, got {list(self.milestones)}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise RckdError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.compile not in ("auto", "none", "reduce-overhead"):
-            raise RckdError(f"compile must be auto, none or reduce-overhead, got {self.compile!r}")
+        if self.compile not in COMPILE_MODES:
+            raise RckdError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        if self.teacher_bank is not None and self.teacher is None:
+            raise RckdError("--teacher-bank holds a teacher's logits: pass --teacher too (the bank is checked "
+                            "against it)")
         resolve_device(self.device)
 
 
@@ -89,50 +103,285 @@ def lr_at(config: TrainConfig, epoch: int) -> float:
     return config.lr * config.lr_decay ** sum(epoch >= m for m in config.milestones)
 
 
-def _pick_device(config: TrainConfig) -> tuple[torch.device, GpuSlot | None]:
-    """The training device, and the GPU slot claimed for it (held until the process exits)."""
-    device = resolve_device(config.device)
-    # Under SLURM the scheduler already gave this job its GPU; slots are for sharing one machine.
-    if device != torch.device("cuda") or config.gpu_slots < 1 or "SLURM_JOB_ID" in os.environ:
-        return device, None
-    slot = try_claim(torch.cuda.device_count(), config.gpu_slots)
-    if slot is None:
-        print(f"waiting for a free GPU slot ({config.gpu_slots} per GPU, locks in {DEFAULT_LOCK_DIR})", flush=True)
-        slot = claim(torch.cuda.device_count(), config.gpu_slots)
-    print(f"claimed GPU {slot.gpu} slot {slot.slot}", flush=True)
-    torch.cuda.set_device(slot.gpu)
-    return torch.device(f"cuda:{slot.gpu}"), slot
+class Preempted(Exception):
+    """SIGTERM arrived; the resume checkpoint holds the run up to the last finished step."""
 
 
-def _load_teacher(config: TrainConfig, train: data.Split, device: torch.device) -> tuple[nn.Module, dict]:
-    if config.teacher is None:
+@dataclass
+class Session:
+    """Everything one run's epochs need, built once by `_setup`."""
+
+    config: TrainConfig
+    device: torch.device
+    precision: str
+    compile_mode: str
+    identity: dict[str, Any]
+    student: nn.Module
+    step: Callable[[TrainBatch, torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]
+    optimizer: torch.optim.Optimizer
+    batches: TrainBatches
+    test: data.Split
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    subset: torch.Tensor
+    teacher_subset_logits: torch.Tensor | None
+    teacher_meta: dict[str, Any] | None
+    classes: list[str]
+    params: dict[str, Any]  # the loss parameters, defaults filled in
+    used_bank: bool
+    slot: GpuSlot | None  # its lock is held while the session lives
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train one run into `config.out`; resumes from `resume.pt` there. Returns the metrics dict."""
+    session = _setup(config)
+    out = Path(config.out)
+    start_epoch, history, elapsed, partial = _resume(session, out / "resume.pt")
+    resume_path = out / "resume.pt"
+    stop = _TermFlag()
+    with stop.installed():
+        for epoch in range(start_epoch, config.epochs):
+            began = time.perf_counter()
+            sums, complete = _train_epoch(session, epoch, partial, stop)
+            partial = None
+            if not complete:  # SIGTERM mid-epoch: keep the steps done so far
+                _save_resume(session, resume_path, epoch, history, elapsed + time.perf_counter() - began, sums)
+                raise Preempted(f"stopped by SIGTERM in epoch {epoch + 1}; {resume_path} holds the run")
+            elapsed += time.perf_counter() - began
+            history.append(_epoch_row(session, epoch, sums, time.perf_counter() - began))
+            print(" ".join(f"{key}={value}" for key, value in history[-1].items()), flush=True)
+            interrupted = stop.raised and epoch + 1 < config.epochs
+            if interrupted or (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+                _save_resume(session, resume_path, epoch + 1, history, elapsed, None)
+            if interrupted:
+                raise Preempted(f"stopped by SIGTERM after epoch {epoch + 1}; {resume_path} holds the run")
+    return _finish(session, out, history, elapsed)
+
+
+def _setup(config: TrainConfig) -> Session:
+    config.validate()
+    loss_fn = losses.build(config.method, **config.params)
+    if not loss_fn.needs_teacher and config.teacher is not None:
+        raise RckdError(f"method {config.method!r} trains without a teacher; drop --teacher")
+    if loss_fn.needs_teacher and config.teacher is None:
         raise RckdError(f"method {config.method!r} distils from a teacher: pass --teacher PATH/model.pt")
-    teacher, meta = load_model(config.teacher, device)
-    expected = {"dataset": config.dataset, "data_options": train_data_options(config),
-                "num_classes": len(train.classes), "in_channels": train.images.shape[1],
-                "input_size": list(train.images.shape[1:])}
-    wrong = {key: meta.get(key) for key, value in expected.items() if meta.get(key) != value}
-    if wrong:
-        raise RckdError(
-            f"teacher {config.teacher} does not fit this data set: it has {wrong}, expected "
-            f"{ {key: expected[key] for key in wrong} }; train the teacher on {config.dataset} first"
-        )
-    for parameter in teacher.parameters():
-        parameter.requires_grad_(False)
-    return teacher, meta
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    device, slot = claim_device(config.device, config.gpu_slots)
+    precision, compile_mode = _resolved_modes(config, device)
+    on_cuda = device.type == "cuda"
+    memory_format = torch.channels_last if on_cuda else torch.contiguous_format
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: the fastest kernels are found once
+
+    splits = data.load_splits(config.dataset, config.data_root, **config.data_options)
+    train_split, test_split = splits["train"], splits["test"]
+    torch.manual_seed(config.seed)
+    student = models.build(config.arch, num_classes=len(train_split.classes), in_channels=train_split.images.shape[1])
+    student = student.to(device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(student.parameters(), lr=lr_at(config, 0), momentum=config.momentum,
+                                weight_decay=config.weight_decay, fused=on_cuda)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    # Every batch has batch_size samples (the short last one is dropped): one compiled shape.
+    batches = TrainBatches(train_split.images.to(device), train_split.labels.to(device), config.batch_size,
+                           train_split.mean, train_split.std, generator=generator, channels_last=on_cuda,
+                           drop_last=True)
+    test_images, test_labels = test_split.images.to(device), test_split.labels.to(device)
+    subset = torch.randperm(len(test_images), generator=torch.Generator().manual_seed(TAU_SUBSET_SEED))
+    subset = subset[:TAU_SUBSET].to(device)
+
+    teacher_logits, teacher_meta, teacher_subset_logits, used_bank = None, None, None, False
+    if loss_fn.needs_teacher:
+        teacher, teacher_meta = load_model(config.teacher, device)
+        check_fits(config.teacher, teacher_meta, config.dataset, config.data_options, train_split)
+        teacher = teacher.to(memory_format=memory_format).requires_grad_(False)
+        teacher_subset_logits = predict_logits(teacher, test_images[subset], test_split.mean, test_split.std,
+                                               config.eval_batch_size, channels_last=on_cuda)
+        used_bank = _use_bank(config, train_split, device)
+        teacher_logits = (bank.load(config.teacher_bank, config.teacher, train_split, batches.padding, device,
+                                    config.dataset, config.data_options) if used_bank
+                          else _live_teacher(teacher, compile_mode))
+    step = _make_step(student, loss_fn, teacher_logits, optimizer, device, precision, compile_mode)
+    identity = _config_identity(config, precision, compile_mode, used_bank)
+    return Session(config, device, precision, compile_mode, identity, student, step, optimizer, batches,
+                   test_split, test_images, test_labels, subset, teacher_subset_logits, teacher_meta,
+                   list(train_split.classes), loss_fn.params, used_bank, slot)
 
 
-def train_data_options(config: TrainConfig) -> dict[str, Any]:
-    """The data set's options with defaults filled in: two runs on the same data have the same."""
-    return data.datasets.resolve_options(config.dataset, config.data_options)
+def _use_bank(config: TrainConfig, train_split: data.Split, device: torch.device) -> bool:
+    """Whether the run reads its teacher logits from config.teacher_bank; says why in one log line."""
+    if config.teacher_bank is None:
+        return False
+    fits, line = bank.fits_in_memory(bank.size_bytes(len(train_split.images), len(train_split.classes)), device)
+    use = fits or not config.bank_fallback
+    print(f"{line}: {'using it' if use else 'running the teacher live instead'}", flush=True)
+    return use
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                   batch_size: int, channels_last: bool = False) -> torch.Tensor:
-    """float32 logits of unaugmented uint8 images, in order; meant for an eager model in eval mode."""
-    return torch.cat([model(x).float() for x in eval_inputs(images, batch_size, mean, std,
-                                                             channels_last=channels_last)])
+def _live_teacher(teacher: nn.Module, compile_mode: str) -> Callable[[TrainBatch], torch.Tensor]:
+    """The teacher's fp32 logits of each batch: run outside any autocast, so soft targets keep their
+    ranks (bf16 would round them to 8 mantissa bits)."""
+    run_teacher = torch.compile(teacher, mode=compile_mode, dynamic=False) if compile_mode != "none" else teacher
+
+    def logits(batch: TrainBatch) -> torch.Tensor:
+        with torch.inference_mode():
+            values = run_teacher(batch.x).float()
+        return values.clone()  # a normal tensor autograd may save (and safe from CUDA-graph replay)
+
+    return logits
+
+
+def _make_step(student: nn.Module, loss_fn: losses.DistillLoss,
+               teacher_logits: Callable[[TrainBatch], torch.Tensor] | None, optimizer: torch.optim.Optimizer,
+               device: torch.device, precision: str, compile_mode: str):
+    """One optimisation step: (batch, epoch tensor) -> (weighted loss terms, student logits)."""
+
+    def forward_loss(x: torch.Tensor, y: torch.Tensor, logits_t: torch.Tensor | None, epoch: torch.Tensor):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits_s = student(x)
+        terms = loss_fn(logits_s, logits_t, y, epoch)
+        return terms, logits_s
+
+    # Student forward and loss are one graph (and so is their backward, through AOTAutograd).
+    compiled = (torch.compile(forward_loss, mode=compile_mode, dynamic=False, fullgraph=True)
+                if compile_mode != "none" else forward_loss)
+
+    def step(batch: TrainBatch, epoch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        logits_t = teacher_logits(batch) if teacher_logits is not None else None
+        if compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
+        terms, logits_s = compiled(batch.x, batch.y, logits_t, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        sum(terms.values()).backward()
+        optimizer.step()
+        return {name: value.detach() for name, value in terms.items()}, logits_s.detach()
+
+    return step
+
+
+def _train_epoch(session: Session, epoch: int, partial: dict[str, torch.Tensor] | None,
+                 stop: _TermFlag) -> tuple[dict[str, torch.Tensor], bool]:
+    """(device-side sums of every loss term and of correct predictions, whether the epoch is complete):
+    it continues `partial` after a mid-epoch resume and stops early, after a whole step, on SIGTERM."""
+    config = session.config
+    for group in session.optimizer.param_groups:
+        group["lr"] = lr_at(config, epoch)
+    session.student.train()
+    # Losses count epochs from 1 (DKD's warm-up, as in mdistiller); a tensor, so graphs are not rebuilt.
+    epoch_number = torch.tensor(float(epoch + 1), device=session.device)
+    sums: dict[str, torch.Tensor] = dict(partial) if partial else {}
+    batches = session.batches
+    for batch in tqdm(batches, total=len(batches), initial=batches.position, disable=not sys.stderr.isatty(),
+                      leave=False, desc=f"epoch {epoch + 1}/{config.epochs}"):
+        terms, logits_s = session.step(batch, epoch_number)
+        weight = len(batch.y)
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0) + value * weight
+        sums["correct"] = sums.get("correct", 0) + (logits_s.argmax(1) == batch.y).sum()
+        if stop.raised and batches.position < len(batches):
+            return sums, False
+    return sums, True
+
+
+def _epoch_row(session: Session, epoch: int, sums: dict[str, torch.Tensor], seconds: float) -> dict[str, Any]:
+    """End of epoch: the one host synchronisation (every term and the accuracy in one transfer),
+    then test accuracy and rank fidelity of the eager fp32 student."""
+    seen = len(session.batches) * session.config.batch_size
+    names = [name for name in sums if name != "correct"]
+    *term_means, train_top1 = (torch.stack([sums[name].float() for name in [*names, "correct"]]) / seen).tolist()
+    mean_terms = dict(zip(names, term_means))
+    bad = [name for name, value in mean_terms.items() if not math.isfinite(value)]
+    if bad:
+        raise RckdError(f"non-finite loss in epoch {epoch + 1}: term(s) {', '.join(bad)} = "
+                        f"{[mean_terms[name] for name in bad]}; lower the lr or check the data and teacher")
+    test_logits = _test_logits(session)
+    test_top1 = (test_logits.argmax(1) == session.test_labels).float().mean().item() * 100
+    tau_nt = ""
+    if session.teacher_subset_logits is not None:
+        subset = session.subset
+        tau = kendall_tau(test_logits[subset].double(), session.teacher_subset_logits.double(),
+                          exclude=session.test_labels[subset])
+        tau_nt = round(torch.nanmean(tau).item(), 6)
+    lr = lr_at(session.config, epoch)
+    return {"epoch": epoch + 1, "lr": float(f"{lr:.6g}"),  # 0.005, not 0.005000000000000001
+            **{f"loss_{name}": round(value, 6) for name, value in mean_terms.items()},
+            "train_top1": round(train_top1 * 100, 4), "test_top1": round(test_top1, 4), "tau_nt": tau_nt,
+            "seconds": round(seconds, 3)}
+
+
+def _test_logits(session: Session) -> torch.Tensor:
+    """Test logits from the eager student in fp32, so accuracy and tau do not depend on bf16 ties."""
+    session.student.eval()
+    logits = predict_logits(session.student, session.test_images, session.test.mean, session.test.std,
+                            session.config.eval_batch_size, channels_last=session.device.type == "cuda")
+    session.student.train()
+    return logits
+
+
+def _save_resume(session: Session, path: Path, epoch: int, history: list, elapsed: float,
+                 partial: dict[str, torch.Tensor] | None) -> None:
+    """resume.pt after `epoch` whole epochs, plus the sums of the unfinished one (`partial`), whose
+    position the batches' state holds."""
+    save_torch(path, {
+        "config": session.identity, "epoch": epoch, "history": history, "elapsed": elapsed,
+        "partial": partial, "model": session.student.state_dict(), "optimizer": session.optimizer.state_dict(),
+        "batches": session.batches.state_dict(), "cpu_rng": torch.get_rng_state(),
+    })
+
+
+def _resume(session: Session, path: Path) -> tuple[int, list, float, dict[str, torch.Tensor] | None]:
+    """(first epoch to run, history, elapsed seconds, partial sums of that epoch) from resume.pt, if any."""
+    if not path.exists():
+        return 0, [], 0.0, None
+    state = load_torch(path, "resume checkpoint")
+    saved = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(saved, dict):
+        raise RckdError(f"{path} is not an rckd resume checkpoint; delete it to start afresh")
+    if saved != session.identity:
+        changed = sorted(key for key in session.identity.keys() | saved.keys()
+                         if session.identity.get(key) != saved.get(key))
+        raise RckdError(f"{path} belongs to a different run configuration (differs in {changed}); "
+                        f"delete it to start afresh")
+    session.student.load_state_dict(state["model"])
+    session.optimizer.load_state_dict(state["optimizer"])
+    session.batches.load_state_dict(state["batches"])
+    torch.set_rng_state(state["cpu_rng"])
+    partial = state.get("partial")
+    if partial is not None:
+        partial = {name: value.to(session.device) for name, value in partial.items()}
+    where = f"step {session.batches.position + 1} of " if partial is not None else ""
+    print(f"resuming {session.config.out} at {where}epoch {state['epoch'] + 1}/{session.config.epochs}", flush=True)
+    return state["epoch"], state["history"], state["elapsed"], partial
+
+
+def _finish(session: Session, out: Path, history: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
+    """history.csv, metrics.json and model.pt; model.pt last, since it marks the run complete."""
+    config = session.config
+    params = session.params
+    best = max(history, key=lambda row: row["test_top1"])
+    teacher_arch = session.teacher_meta["arch"] if session.teacher_meta else None
+    summary = {"final_top1": history[-1]["test_top1"], "best_top1": best["test_top1"], "best_epoch": best["epoch"]}
+    metrics = {
+        "arch": config.arch, "dataset": config.dataset, "method": config.method, "params": params,
+        "teacher": str(config.teacher) if config.teacher else None, "teacher_arch": teacher_arch,
+        "teacher_bank": session.used_bank, "seed": config.seed, "epochs": config.epochs,
+        "num_params": sum(p.numel() for p in session.student.parameters()), **summary,
+        "wall_seconds": round(elapsed, 2), "device": str(session.device), "precision": session.precision,
+        "compile": session.compile_mode, "train_config": session.identity,
+    }
+    test = session.test
+    meta = {
+        "arch": config.arch, "num_classes": len(session.classes), "in_channels": test.images.shape[1],
+        "input_size": list(test.images.shape[1:]), "dataset": config.dataset,
+        "data_options": resolve_options(config.dataset, config.data_options), "mean": list(test.mean),
+        "std": list(test.std), "classes": session.classes, "method": config.method, "params": params,
+        "teacher": metrics["teacher"], "teacher_arch": teacher_arch, "seed": config.seed, "epochs": config.epochs,
+        **summary, "rckd_version": __version__,
+    }
+    write_csv(out / "history.csv", history)
+    write_json(out / "metrics.json", metrics)
+    save_model(out / "model.pt", session.student, meta)
+    (out / "resume.pt").unlink(missing_ok=True)  # the finished run no longer needs it (2-3x the weights)
+    return metrics
 
 
 def _resolved_modes(config: TrainConfig, device: torch.device) -> tuple[str, str]:
@@ -140,185 +389,45 @@ def _resolved_modes(config: TrainConfig, device: torch.device) -> tuple[str, str
     on_cuda = device.type == "cuda"
     precision = config.precision if config.precision != "auto" else ("bf16" if on_cuda else "fp32")
     compile_mode = config.compile if config.compile != "auto" else ("reduce-overhead" if on_cuda else "none")
-    if compile_mode != "none" and not on_cuda:
-        raise RckdError("compile reduce-overhead captures CUDA graphs and needs CUDA; use --compile none on CPU")
+    if compile_mode == "reduce-overhead" and not on_cuda:
+        raise RckdError("compile reduce-overhead captures CUDA graphs and needs CUDA; on CPU use --compile none "
+                        "(or default, inductor's CPU code)")
     return precision, compile_mode
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Train one run into `config.out`; resumes from `resume.pt` there. Returns the metrics dict."""
-    config.validate()
-    loss_fn = losses.build(config.method, **config.params)
-    if not loss_fn.needs_teacher and config.teacher is not None:
-        raise RckdError(f"method {config.method!r} trains without a teacher; drop --teacher")
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device, _slot = _pick_device(config)  # the slot's lock is held while `_slot` lives
-    precision, compile_mode = _resolved_modes(config, device)
-    identity = _config_identity(config, precision, compile_mode)
-    on_cuda = device.type == "cuda"
-    memory_format = torch.channels_last if on_cuda else torch.contiguous_format
-
-    splits = data.load_splits(config.dataset, config.data_root, **config.data_options)
-    train_split, test_split = splits["train"], splits["test"]
-    num_classes, in_channels = len(train_split.classes), train_split.images.shape[1]
-
-    torch.manual_seed(config.seed)
-    student = models.build(config.arch, num_classes=num_classes, in_channels=in_channels)
-    student = student.to(device, memory_format=memory_format)
-    teacher, teacher_meta = (None, None)
-    if loss_fn.needs_teacher:
-        teacher, teacher_meta = _load_teacher(config, train_split, device)
-        teacher = teacher.to(memory_format=memory_format)
-
-    optimizer = torch.optim.SGD(student.parameters(), lr=lr_at(config, 0), momentum=config.momentum,
-                                weight_decay=config.weight_decay, fused=on_cuda)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    batches = TrainBatches(train_split.images.to(device), train_split.labels.to(device), config.batch_size,
-                           train_split.mean, train_split.std, generator=generator, channels_last=on_cuda)
-    test_images, test_labels = test_split.images.to(device), test_split.labels.to(device)
-
-    def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-    # Shapes are fixed (batch_size, and one more graph for a short last batch): no dynamic shapes.
-    compiled = (lambda model: torch.compile(model, mode=compile_mode, dynamic=False)) if compile_mode != "none" \
-        else (lambda model: model)
-    run_student = compiled(student)
-    run_teacher = compiled(teacher) if teacher is not None else None
-
-    def evaluate_test() -> torch.Tensor:
-        """Test logits from the eager student in fp32, so accuracy and tau do not depend on bf16 ties."""
-        student.eval()
-        logits = predict_logits(student, test_images, test_split.mean, test_split.std, config.eval_batch_size,
-                                channels_last=on_cuda)
-        student.train()
-        return logits
-
-    # Teacher logits on a fixed test subset, for the per-epoch non-target Kendall tau.
-    subset = torch.randperm(len(test_images), generator=torch.Generator().manual_seed(TAU_SUBSET_SEED))
-    subset = subset[:TAU_SUBSET].to(device)
-    teacher_subset_logits = None
-    if teacher is not None:
-        teacher_subset_logits = predict_logits(teacher, test_images[subset], test_split.mean, test_split.std,
-                                               config.eval_batch_size, channels_last=on_cuda)
-
-    start_epoch, history, elapsed = 0, [], 0.0
-    resume_path = out / "resume.pt"
-    if resume_path.exists():
-        state = load_torch(resume_path, "resume checkpoint")
-        saved = state.get("config") if isinstance(state, dict) else None
-        if not isinstance(saved, dict):
-            raise RckdError(f"{resume_path} is not an rckd resume checkpoint; delete it to start afresh")
-        if saved != identity:
-            changed = sorted(key for key in identity.keys() | saved.keys() if identity.get(key) != saved.get(key))
-            raise RckdError(f"{resume_path} belongs to a different run configuration (differs in {changed}); "
-                            f"delete it to start afresh")
-        student.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        batches.load_state_dict(state["batches"])
-        torch.set_rng_state(state["cpu_rng"])
-        start_epoch, history, elapsed = state["epoch"], state["history"], state["elapsed"]
-        print(f"resuming {out} at epoch {start_epoch + 1}/{config.epochs}", flush=True)
-
-    for epoch in range(start_epoch, config.epochs):
-        began = time.perf_counter()
-        lr = lr_at(config, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        student.train()
-        epoch_number = epoch + 1  # losses count epochs from 1 (DKD's warm-up, as in mdistiller)
-        term_sums: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        show_bar = sys.stderr.isatty()
-        for x, y in tqdm(batches, total=len(batches), disable=not show_bar, leave=False,
-                         desc=f"epoch {epoch_number}/{config.epochs}"):
-            if compile_mode != "none":
-                torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
-            with autocast():
-                logits_t = None
-                if run_teacher is not None:
-                    with torch.inference_mode():
-                        logits_t = run_teacher(x)
-                    logits_t = logits_t.clone()  # a normal tensor autograd may save (and safe from graph replay)
-                logits_s = run_student(x)
-            terms = loss_fn(logits_s, logits_t, y, epoch_number)
-            loss = sum(terms.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for name, value in terms.items():
-                term_sums[name] = term_sums.get(name, 0) + value.detach() * len(y)
-            correct += (logits_s.detach().argmax(1) == y).sum()
-
-        # End of epoch: the one host synchronisation (every term and the accuracy in one transfer).
-        seen = len(train_split.labels)  # every sample once per epoch (the last batch may be short)
-        *term_means, train_top1 = (torch.stack([*term_sums.values(), correct.float()]) / seen).tolist()
-        mean_terms = dict(zip(term_sums, term_means))
-        bad = [name for name, value in mean_terms.items() if not math.isfinite(value)]
-        if bad:
-            raise RckdError(
-                f"non-finite loss in epoch {epoch_number}: term(s) {', '.join(bad)} = "
-                f"{[mean_terms[name] for name in bad]}; lower the lr or check the data and teacher"
-            )
-        test_logits = evaluate_test()
-        test_top1 = (test_logits.argmax(1) == test_labels).float().mean().item() * 100
-        tau_nt = ""
-        if teacher_subset_logits is not None:
-            tau = kendall_tau(test_logits[subset].double(), teacher_subset_logits.double(), exclude=test_labels[subset])
-            tau_nt = round(torch.nanmean(tau).item(), 6)
-        elapsed += time.perf_counter() - began
-        row = {"epoch": epoch_number, "lr": float(f"{lr:.6g}"),  # 0.005, not 0.005000000000000001
-               **{f"loss_{k}": round(v, 6) for k, v in mean_terms.items()},
-               "train_top1": round(train_top1 * 100, 4), "test_top1": round(test_top1, 4),
-               "tau_nt": tau_nt, "seconds": round(time.perf_counter() - began, 3)}
-        history.append(row)
-        print(" ".join(f"{key}={value}" for key, value in row.items()), flush=True)
-
-        if epoch_number % config.checkpoint_every == 0 or epoch_number == config.epochs:
-            save_torch(resume_path, {
-                "config": identity, "epoch": epoch_number, "history": history,
-                "elapsed": elapsed, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                "batches": batches.state_dict(), "cpu_rng": torch.get_rng_state(),
-            })
-
-    best = max(history, key=lambda row: row["test_top1"])
-    metrics = {
-        "arch": config.arch, "dataset": config.dataset, "method": config.method, "params": loss_fn.params,
-        "teacher": str(config.teacher) if config.teacher else None,
-        "teacher_arch": teacher_meta["arch"] if teacher_meta else None,
-        "seed": config.seed, "epochs": config.epochs, "num_params": sum(p.numel() for p in student.parameters()),
-        "final_top1": history[-1]["test_top1"], "best_top1": best["test_top1"], "best_epoch": best["epoch"],
-        "wall_seconds": round(elapsed, 2), "device": str(device), "precision": precision,
-        "compile": compile_mode, "train_config": identity,
-    }
-    meta = {
-        "arch": config.arch, "num_classes": num_classes, "in_channels": in_channels,
-        "input_size": list(train_split.images.shape[1:]), "dataset": config.dataset,
-        "data_options": train_data_options(config),
-        "mean": list(train_split.mean), "std": list(train_split.std), "classes": list(train_split.classes),
-        "method": config.method, "params": loss_fn.params, "teacher": metrics["teacher"],
-        "teacher_arch": metrics["teacher_arch"], "seed": config.seed, "epochs": config.epochs,
-        "final_top1": metrics["final_top1"], "best_top1": metrics["best_top1"], "best_epoch": metrics["best_epoch"],
-        "rckd_version": __version__,
-    }
-    # history and metrics first, model.pt last: model.pt is what marks the run complete.
-    write_csv(out / "history.csv", history)
-    write_json(out / "metrics.json", metrics)
-    save_model(out / "model.pt", student, meta)
-    resume_path.unlink(missing_ok=True)  # the finished run no longer needs it (it holds 2-3x the weights)
-    return metrics
-
-
-def _config_identity(config: TrainConfig, precision: str, compile_mode: str) -> dict[str, Any]:
+def _config_identity(config: TrainConfig, precision: str, compile_mode: str, used_bank: bool) -> dict[str, Any]:
     """What must match for a resume to be valid (paths and device choice may differ; the resolved
-    precision and compile mode may not: a bf16 run must not silently continue in fp32)."""
-    identity = asdict(config) | {"precision": precision, "compile": compile_mode}
-    for key in ("out", "data_root", "device", "gpu_slots", "checkpoint_every", "eval_batch_size"):
+    precision, compile mode and teacher-logit source may not: a bf16 run must not silently continue
+    in fp32, nor a banked one with the live teacher)."""
+    identity = asdict(config) | {"precision": precision, "compile": compile_mode, "teacher_bank": used_bank}
+    for key in ("out", "data_root", "device", "gpu_slots", "checkpoint_every", "eval_batch_size", "bank_fallback"):
         identity.pop(key)
     identity["teacher"] = str(config.teacher) if config.teacher else None
     identity["milestones"] = list(config.milestones)
     return identity
+
+
+class _TermFlag:
+    """Turns SIGTERM into a flag the loop reads between steps (the step in flight completes)."""
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    @contextlib.contextmanager
+    def installed(self):
+        try:
+            previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (an embedding program): leave SIGTERM alone
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = True
+        print("SIGTERM: saving resume.pt after the current step", flush=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -329,10 +438,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
                         help="data set option (synthetic sizes, seed, difficulty); repeatable")
     parser.add_argument("--out", required=True, type=Path, help="run directory")
-    parser.add_argument("--method", default="ce", help="loss: ce, kd, dkd, dist, rckd")
-    parser.add_argument("--param", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
-                        help="loss parameter, e.g. T=4 or beta=8; repeatable")
+    parser.add_argument("--method", default="ce", help=f"loss: {', '.join(losses.available())}")
+    parser.add_argument("--param", action="append", default=[], type=parse_param, metavar="KEY=VALUE",
+                        help="loss parameter, e.g. T=4, beta=8 or ls=true; repeatable")
     parser.add_argument("--teacher", type=Path, help="teacher model.pt (distillation methods)")
+    parser.add_argument("--teacher-bank", type=Path, help="the teacher's logit bank (rckd bank) instead of running it")
+    parser.add_argument("--bank-fallback", action="store_true",
+                        help="run the teacher live if the bank does not fit in memory (teacher_bank: auto)")
     for name in ("epochs", "batch_size", "seed", "checkpoint_every", "eval_batch_size", "gpu_slots"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("lr", "momentum", "weight_decay", "lr_decay"):
@@ -341,21 +453,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="epochs at which the lr is multiplied by --lr-decay")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    parser.add_argument("--compile", default="auto", choices=["auto", "none", "reduce-overhead"])
+    parser.add_argument("--compile", default="auto", choices=COMPILE_MODES)
     add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    config = TrainConfig(
-        arch=args.arch, dataset=args.dataset, data_root=args.data_root, out=args.out, method=args.method,
-        params=dict(args.param), teacher=args.teacher, data_options=dict(args.data_option),
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, milestones=tuple(args.milestones), lr_decay=args.lr_decay,
-        seed=args.seed, device=args.device, precision=args.precision, compile=args.compile,
-        checkpoint_every=args.checkpoint_every, eval_batch_size=args.eval_batch_size, gpu_slots=args.gpu_slots,
-    )
-    metrics = train(config)
+    settings = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if hasattr(args, name)}
+    config = TrainConfig(**{**settings, "params": dict(args.param), "data_options": dict(args.data_option),
+                            "milestones": tuple(args.milestones)})
+    try:
+        metrics = train(config)
+    except Preempted as stopped:
+        print(f"{stopped}; rerun the same command to continue", flush=True)
+        return PREEMPTED_STATUS
     print(f"done: {config.out} best_top1={metrics['best_top1']:.2f} final_top1={metrics['final_top1']:.2f} "
           f"({metrics['wall_seconds']:.1f}s)", flush=True)
     return 0

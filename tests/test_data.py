@@ -20,6 +20,7 @@ from torchvision.datasets import CIFAR100
 
 from rckd import cli, data
 from rckd.data import augment, cache, datasets, synthetic
+from rckd.data import options as data_options
 from rckd.data.prepare import add_arguments as add_prepare_arguments
 from rckd.errors import RckdError
 
@@ -91,14 +92,14 @@ def test_train_batches_visit_every_sample_once_per_epoch():
     assert len(batches) == 4
     epochs = [list(batches), list(batches)]
     for epoch in epochs:
-        assert [y.shape[0] for _, y in epoch] == [16, 16, 16, 2]
-        seen = torch.cat([y for _, y in epoch])
+        assert [y.shape[0] for _, y, *_ in epoch] == [16, 16, 16, 2]
+        seen = torch.cat([y for _, y, *_ in epoch])
         assert torch.equal(seen.sort().values, ids)
-        for x, y in epoch:  # each x is the normalised image of its label
+        for x, y, *_ in epoch:  # each x is the normalised image of its label
             torch.testing.assert_close(x, augment.normalize(images[y], mean, std), rtol=0, atol=0)
-    assert not torch.equal(torch.cat([y for _, y in epochs[0]]), torch.cat([y for _, y in epochs[1]]))
+    assert not torch.equal(torch.cat([y for _, y, *_ in epochs[0]]), torch.cat([y for _, y, *_ in epochs[1]]))
     dropped = augment.TrainBatches(images, ids, 16, mean, std, drop_last=True)
-    assert len(dropped) == 3 and [y.shape[0] for _, y in dropped] == [16, 16, 16]
+    assert len(dropped) == 3 and [y.shape[0] for _, y, *_ in dropped] == [16, 16, 16]
 
 
 def test_train_batches_resume_from_state_dict_reproduces_batches():
@@ -112,14 +113,46 @@ def test_train_batches_resume_from_state_dict_reproduces_batches():
     resumed.load_state_dict(state)
     replayed = list(resumed)
     assert len(replayed) == len(continued) == 3
-    for (x, y), (x_again, y_again) in zip(continued, replayed):
-        assert torch.equal(x, x_again) and torch.equal(y, y_again)
+    for batch, again in zip(continued, replayed):
+        assert all(torch.equal(a, b) for a, b in zip(batch, again))
+
+
+def test_train_batches_resume_mid_epoch_reproduces_the_rest_of_it():
+    images, ids = _labelled_images(40)
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    original = augment.TrainBatches(images, ids, 8, mean, std, generator=torch.Generator().manual_seed(7))
+    epoch = iter(original)
+    first, second = next(epoch), next(epoch)
+    state = original.state_dict()
+    assert state["position"] == 2 and state["order"] is not None
+    rest = list(epoch)
+    resumed = augment.TrainBatches(images, ids, 8, mean, std, generator=torch.Generator().manual_seed(99))
+    resumed.load_state_dict(state)
+    replayed = list(resumed)
+    assert len(replayed) == len(rest) == 3
+    for batch, again in zip(rest, replayed):
+        assert all(torch.equal(a, b) for a, b in zip(batch, again))
+    assert resumed.state_dict()["order"] is None  # the epoch is over; the next one draws a new order
+    assert torch.equal(torch.cat([first.index, second.index, *(b.index for b in rest)]).sort().values,
+                       torch.arange(40))
+
+
+def test_view_ids_name_each_crop_and_flip_once():
+    offsets, flips = augment.all_views(4)
+    assert augment.view_count(4) == len(flips) == 162
+    assert torch.equal(augment.view_id(offsets, flips, 4), torch.arange(162))
+    assert {(int(dy), int(dx), bool(f)) for (dy, dx), f in zip(offsets, flips)} == {
+        (dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)}
+    images, ids = _labelled_images(16)
+    batch = next(iter(augment.TrainBatches(images, ids, 16, (0.5,) * 3, (0.25,) * 3, padding=4)))
+    crops = augment.crop_flip(images[batch.index], offsets[batch.view], flips[batch.view], 4)
+    torch.testing.assert_close(batch.x, augment.normalize(crops, (0.5,) * 3, (0.25,) * 3), rtol=0, atol=0)
 
 
 def test_train_batches_augment_and_channels_last():
     images, ids = _labelled_images(8)
     batches = augment.TrainBatches(images, ids, 8, (0.5,) * 3, (0.25,) * 3, padding=2, channels_last=True)
-    ((x, y),) = list(batches)
+    ((x, y, _, _),) = list(batches)
     assert x.dtype == torch.float32 and x.shape == (8, 3, 6, 6)
     assert x.is_contiguous(memory_format=torch.channels_last)
     plain = augment.normalize(images[y], (0.5,) * 3, (0.25,) * 3)
@@ -130,8 +163,8 @@ def test_train_batches_augment_and_channels_last():
 def test_eval_batches_keep_order_without_augmentation():
     images, ids = _labelled_images(10)
     batches = list(augment.eval_batches(images, ids, 4, (0.5,) * 3, (0.25,) * 3))
-    assert [y.tolist() for _, y in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    torch.testing.assert_close(torch.cat([x for x, _ in batches]),
+    assert [y.tolist() for _, y, *_ in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    torch.testing.assert_close(torch.cat([x for x, *_ in batches]),
                                (images.float() / 255 - 0.5) / 0.25, rtol=0, atol=1e-6)
 
 
@@ -154,18 +187,18 @@ def test_synthetic_shapes_labels_and_stats():
 
 
 def test_synthetic_is_deterministic_per_seed():
-    first = synthetic.generate(synthetic.make_options(SMALL))
-    again = synthetic.generate(synthetic.make_options(SMALL))
-    other = synthetic.generate(synthetic.make_options({**SMALL, "seed": 1}))
+    first = synthetic.generate(data_options.make_options(SMALL))
+    again = synthetic.generate(data_options.make_options(SMALL))
+    other = synthetic.generate(data_options.make_options({**SMALL, "seed": 1}))
     for split in ("train", "test"):
         assert torch.equal(first[split][0], again[split][0]) and torch.equal(first[split][1], again[split][1])
         assert not torch.equal(first[split][0], other[split][0])
-    more_train = synthetic.generate(synthetic.make_options({**SMALL, "train_per_class": 9}))
+    more_train = synthetic.generate(data_options.make_options({**SMALL, "train_per_class": 9}))
     assert torch.equal(more_train["test"][0], first["test"][0])  # the test set does not depend on it
 
 
 def test_synthetic_siblings_are_closer_than_other_superclasses():
-    options = synthetic.make_options({**SMALL, "train_per_class": 30})
+    options = data_options.make_options({**SMALL, "train_per_class": 30})
     images, labels = synthetic.generate(options)["train"]
     centroids = torch.stack([images[labels == label].double().mean(0).flatten() for label in range(12)])
     distances = torch.cdist(centroids, centroids)
@@ -177,7 +210,7 @@ def test_synthetic_siblings_are_closer_than_other_superclasses():
 
 
 def test_synthetic_difficulty_zero_gives_shifted_prototypes_only():
-    options = synthetic.make_options({**SMALL, "train_per_class": 200, "difficulty": 0})
+    options = data_options.make_options({**SMALL, "train_per_class": 200, "difficulty": 0})
     images, labels = synthetic.generate(options)["train"]
     # Without noise, images of one class differ only by their crop position: at most 81 distinct images.
     same_class = images[labels == 0]
@@ -313,9 +346,9 @@ def test_cifar100_corrupt_archive_is_refused(tmp_path, monkeypatch):
 
 
 def test_cache_round_trip_and_load_reads_only_the_cache(tmp_path, monkeypatch):
-    path = data.prepare("synthetic", tmp_path, **SMALL)
+    path = data.prepare_cache("synthetic", tmp_path, **SMALL)
     assert path == tmp_path / "synthetic.pt" and path.is_file()
-    built = datasets.build("synthetic", tmp_path, download=False, options=datasets.resolve_options("synthetic", SMALL))
+    built = datasets.build("synthetic", tmp_path, download=False, options=data_options.resolve_options("synthetic", SMALL))
 
     def no_source(*args, **kwargs):
         raise AssertionError("load rebuilt the data set although a cache exists")
@@ -326,21 +359,21 @@ def test_cache_round_trip_and_load_reads_only_the_cache(tmp_path, monkeypatch):
         assert torch.equal(cached.images, built[split].images) and torch.equal(cached.labels, built[split].labels)
         assert (cached.classes, cached.mean, cached.std) == (built[split].classes, built[split].mean, built[split].std)
     modified = path.stat().st_mtime_ns
-    assert data.prepare("synthetic", tmp_path, **SMALL) == path  # a valid cache is kept as it is
+    assert data.prepare_cache("synthetic", tmp_path, **SMALL) == path  # a valid cache is kept as it is
     assert path.stat().st_mtime_ns == modified
 
 
 def test_truncated_cache_is_refused(tmp_path):
-    path = data.prepare("synthetic", tmp_path, **SMALL)
+    path = data.prepare_cache("synthetic", tmp_path, **SMALL)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(RckdError, match="corrupt.*delete it.*rckd prepare --dataset synthetic"):
         data.load("synthetic", tmp_path, "train", **SMALL)
-    data.prepare("synthetic", tmp_path, **SMALL)  # rerunning prepare replaces the broken cache
+    data.prepare_cache("synthetic", tmp_path, **SMALL)  # rerunning prepare replaces the broken cache
     assert data.load("synthetic", tmp_path, "train", **SMALL).images.shape == (60, 3, 32, 32)
 
 
 def test_altered_cache_fails_its_checksum(tmp_path):
-    path = data.prepare("synthetic", tmp_path, **SMALL)
+    path = data.prepare_cache("synthetic", tmp_path, **SMALL)
     payload = torch.load(path, weights_only=True)
     payload["train_images"][0, 0, 0, 0] ^= 1
     torch.save(payload, path)
@@ -349,12 +382,12 @@ def test_altered_cache_fails_its_checksum(tmp_path):
 
 
 def test_cache_built_with_other_options_is_refused_then_replaced(tmp_path):
-    data.prepare("synthetic", tmp_path, **SMALL)
+    data.prepare_cache("synthetic", tmp_path, **SMALL)
     with pytest.raises(RckdError, match="built with options .*'seed': 0.*'seed': 5.*rckd prepare"):
         data.load("synthetic", tmp_path, "train", **{**SMALL, "seed": 5})
-    data.prepare("synthetic", tmp_path, **{**SMALL, "seed": 5})
+    data.prepare_cache("synthetic", tmp_path, **{**SMALL, "seed": 5})
     reseeded = data.load("synthetic", tmp_path, "train", **{**SMALL, "seed": 5})
-    assert torch.equal(reseeded.images, synthetic.generate(synthetic.make_options({**SMALL, "seed": 5}))["train"][0])
+    assert torch.equal(reseeded.images, synthetic.generate(data_options.make_options({**SMALL, "seed": 5}))["train"][0])
 
 
 def suggested_command(message: str) -> list[str]:
@@ -365,14 +398,14 @@ def suggested_command(message: str) -> list[str]:
 
 def test_the_suggested_prepare_command_rebuilds_the_cache(tmp_path, capsys):
     root = tmp_path / "data dir"  # a space: the command must be quoted for the shell
-    data.prepare("synthetic", root, **SMALL)
+    data.prepare_cache("synthetic", root, **SMALL)
     with pytest.raises(RckdError) as caught:
         data.load("synthetic", root, "train", **{**SMALL, "seed": 5})
     argv = suggested_command(str(caught.value))
     assert "--download" not in argv
     assert cli.main(argv) == 0
     reseeded = data.load("synthetic", root, "train", **{**SMALL, "seed": 5})
-    assert torch.equal(reseeded.images, synthetic.generate(synthetic.make_options({**SMALL, "seed": 5}))["train"][0])
+    assert torch.equal(reseeded.images, synthetic.generate(data_options.make_options({**SMALL, "seed": 5}))["train"][0])
 
     # Asked to download, the suggestion downloads too; it parses as `rckd prepare` arguments.
     (root / "cifar100.pt").write_bytes(b"not a cache")
@@ -434,7 +467,7 @@ def test_synthetic_image_size_scales_the_images_and_is_checked():
 
 
 def test_load_splits_reads_the_cache_once_and_equals_load(tmp_path, monkeypatch):
-    data.prepare("synthetic", tmp_path, **SMALL)
+    data.prepare_cache("synthetic", tmp_path, **SMALL)
     reads = []
     original = cache.read
     monkeypatch.setattr(cache, "read", lambda *args, **kwargs: reads.append(1) or original(*args, **kwargs))

@@ -138,7 +138,7 @@ def test_metadata_round_trip(resnet20, eval_set, tmp_path):
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(data root, model.pt) of a resnet20 trained by the real trainer on synthetic data."""
     root = tmp_path_factory.mktemp("data")
-    data.prepare("synthetic", root, **OPTIONS)
+    data.prepare_cache("synthetic", root, **OPTIONS)
     run = tmp_path_factory.mktemp("run")
     train(TrainConfig(arch="resnet20", dataset="synthetic", data_root=root, out=run, data_options=OPTIONS,
                       epochs=5, milestones=(4,), device="cpu", checkpoint_every=5))
@@ -186,11 +186,11 @@ def test_cli_exports_fp32_and_int8(trained, tmp_path, capsys, monkeypatch):
 def test_cli_refuses_data_the_model_was_not_trained_on(trained, tmp_path, capsys):
     root, model_pt = trained
     other = tmp_path / "other"
-    data.prepare("synthetic", other, **{**OPTIONS, "classes_per_superclass": 3})
+    data.prepare_cache("synthetic", other, **{**OPTIONS, "classes_per_superclass": 3})
     options = [arg for key, value in {**OPTIONS, "classes_per_superclass": 3}.items()
                for arg in ("--data-option", f"{key}={value}")]
     status = cli(["export", "--model", str(model_pt), "--data-root", str(other), *options,
                   "--out", str(tmp_path / "m.onnx"), "--report", str(tmp_path / "export.json")])
     assert status == 2
-    assert "is not the data" in capsys.readouterr().err
+    assert "does not fit this data set" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "export.json").exists()

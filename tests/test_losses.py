@@ -16,12 +16,12 @@ import torch.nn.functional as F
 
 import rckd.losses as losses
 from rckd.errors import RckdError
-from rckd.losses import functional, registry
+from rckd.losses import catalog, functional, registry
 
-RELATIONS = functional.RELATIONS
-METHOD_CASES = [("ce", {}), ("kd", {}), ("dkd", {}), ("dist", {})] + [
-    ("rckd", {"relation": relation}) for relation in RELATIONS
-]
+RELATIONS = catalog.RELATIONS
+METHOD_CASES = [("ce", {}), ("kd", {}), ("kd", {"ls": True}), ("dkd", {}), ("dkd", {"ls": True}), ("dist", {}),
+                ("wttm", {})] + [("rckd", {"relation": relation}) for relation in RELATIONS] + [
+                ("rckd", {"relation": "prob_diff", "kd": 0.9})]
 
 
 def _logits(batch: int, classes: int, scale: float = 1.0, seed: int = 0,
@@ -59,17 +59,29 @@ def _np_cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _np_relation(z: np.ndarray, relation: str, temperature: float, kappa: float) -> np.ndarray:
-    values = np.exp(_np_log_softmax(z / temperature)) if relation == "prob_diff" else z
+    values = {"log_ratio": _np_log_softmax(z / temperature), "prob_diff": np.exp(_np_log_softmax(z / temperature)),
+              "rank": z}[relation]
     differences = values[:, :, None] - values[:, None, :]
     return np.tanh(differences / kappa) if relation == "rank" else differences
+
+
+def _np_standardize(z: np.ndarray) -> np.ndarray:
+    """Sun et al.'s logit standardization: unbiased std, 1e-7 added to it."""
+    return (z - z.mean(1, keepdims=True)) / (1e-7 + z.std(1, ddof=1, keepdims=True))
 
 
 def _np_loss(method: str, params: dict, zs: np.ndarray, zt: np.ndarray, y: np.ndarray) -> float:
     ce = _np_cross_entropy(zs, y)
     if method == "ce":
         return ce
+    if method == "wttm":
+        q = np.exp(_np_log_softmax(zt)) ** params["power"]
+        weight = q.sum(1)
+        kl = _np_kl_rows(q / weight[:, None], np.exp(_np_log_softmax(zs)))
+        return params["ce"] * ce + params["beta"] * (weight * kl).mean()
     T = params["T"]
-    p_s, p_t = np.exp(_np_log_softmax(zs / T)), np.exp(_np_log_softmax(zt / T))
+    soft_s, soft_t = (_np_standardize(zs), _np_standardize(zt)) if params.get("ls") else (zs, zt)
+    p_s, p_t = np.exp(_np_log_softmax(soft_s / T)), np.exp(_np_log_softmax(soft_t / T))
     kd = T**2 * _np_kl_rows(p_t, p_s).mean()
     if method == "kd":
         return params["ce"] * ce + params["kd"] * kd
@@ -145,10 +157,10 @@ def test_rc_is_invariant_to_a_logit_shift(relation):
 
 
 @pytest.mark.parametrize("factor", [0.05, 0.7, 3.0, 40.0])
-def test_logit_diff_is_invariant_to_positive_logit_scaling(factor):
+def test_log_ratio_is_invariant_to_positive_logit_scaling(factor):
     zs, zt = _logits(5, 30, 2.0, seed=8), _logits(5, 30, 2.0, seed=9)
-    base = functional.relation_cosine(zs, zt, "logit_diff", 4.0, 1.0)
-    torch.testing.assert_close(functional.relation_cosine(factor * zs, zt, "logit_diff", 4.0, 1.0), base,
+    base = functional.relation_cosine(zs, zt, "log_ratio", 4.0, 1.0)
+    torch.testing.assert_close(functional.relation_cosine(factor * zs, zt, "log_ratio", 4.0, 1.0), base,
                                atol=1e-5, rtol=0)
     # ...which prob_diff is not: the temperature sees the scale.
     other = functional.relation_cosine(factor * zs, zt, "prob_diff", 4.0, 1.0)
@@ -181,14 +193,14 @@ def test_loss_gradcheck_float64(method, params):
     assert torch.autograd.gradcheck(lambda z: _total(loss(z, zt, y, 30)), (zs,))
 
 
-def test_rank_relation_interpolates_kendall_tau_and_logit_diff():
+def test_rank_relation_interpolates_kendall_tau_and_log_ratio():
     zs, zt = _logits(4, 12, 2.0, seed=41).double(), _logits(4, 12, 2.0, seed=42).double()
     sharp = functional.relation_cosine(zs, zt, "rank", 1.0, 1e-6)
     kendall = [stats.kendalltau(a, b).statistic for a, b in zip(zs.numpy(), zt.numpy())]
     torch.testing.assert_close(sharp, torch.tensor(kendall, dtype=torch.float64), atol=1e-9, rtol=0)
     # tanh(x / kappa) ~ x / kappa: the cubic term and COSINE_EPS both leave ~1e-5 at kappa = 1000.
     linear = functional.relation_cosine(zs, zt, "rank", 1.0, 1e3)
-    torch.testing.assert_close(linear, functional.relation_cosine(zs, zt, "logit_diff", 1.0, 1.0),
+    torch.testing.assert_close(linear, functional.relation_cosine(zs, zt, "log_ratio", 1.0, 1.0),
                                atol=1e-4, rtol=0)
     assert (functional.relation_cosine(zs, zt, "rank", 1.0, 1.0) - linear).abs().max() > 1e-2
 
@@ -325,54 +337,88 @@ def test_dist_terms_equal_one_minus_numpy_corrcoef():
 def test_rckd_prob_diff_rc_equals_the_dist_inter_term():
     """A consequence worth knowing: with prob_diff, RC is DIST's inter-class relation."""
     zs, zt, y = _logits(8, 10, 2.0, seed=32), _logits(8, 10, 2.0, seed=33), _targets(8, 10)
-    rc = losses.build("rckd")(zs, zt, y, 1)["rc"]
+    rc = losses.build("rckd", relation="prob_diff", rc=1.0)(zs, zt, y, 1)["rc"]
     inter = losses.build("dist", kd=1.0)(zs, zt, y, 1)["inter"]
     torch.testing.assert_close(rc, inter, rtol=0, atol=0)
 
 
-# --- RCKD prob_diff: KD and the cosine fused ---------------------------------------------------
+# --- RCKD as its authors define it, and logit standardization ---------------------------------
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("classes", [3, 100, 1000])  # with 2 classes the cosine is +-1, its gradient noise
-@pytest.mark.parametrize("scale", [0.5, 3.0, 30.0, 1e3])
-def test_fused_rckd_terms_equal_the_unfused_computation(scale, classes, dtype):
-    zs, zt = _logits(16, classes, scale, seed=43, dtype=dtype), _logits(16, classes, scale, seed=44, dtype=dtype)
-    student, teacher = zs.float().requires_grad_(), zt.float()
-    loss = losses.build("rckd", ce=0.0, T=4.0)
-    terms = loss(zs, zt, _targets(16, classes), 1)  # bf16 inputs are upcast inside
-    kd = 0.9 * registry._kd_divergence(student, teacher, 4.0)
-    rc = 16 * (1 - functional.softmax_pearson(student, teacher, 4.0)).mean()
-    torch.testing.assert_close(terms["kd"], kd, rtol=1e-6, atol=0)
-    torch.testing.assert_close(terms["rc"], rc, rtol=1e-6, atol=0)
-    kl, cosine = functional.kd_pearson(student, teacher, 4.0)
-    torch.testing.assert_close(cosine, functional.softmax_pearson(student, teacher, 4.0), rtol=0, atol=1e-6)
-    unfused_kl = functional.kl_divergence(F.log_softmax(teacher / 4, -1), F.log_softmax(student / 4, -1))
-    torch.testing.assert_close(kl, unfused_kl, rtol=1e-6, atol=1e-8)
-    fused = loss(student, teacher, _targets(16, classes), 1)
-    (fused_grad,) = torch.autograd.grad(fused["kd"] + fused["rc"], student)
-    (unfused_grad,) = torch.autograd.grad(kd + rc, student)
-    # Entries of the size of float32 rounding of the largest one may differ in their own digits.
-    torch.testing.assert_close(fused_grad, unfused_grad, rtol=1e-4, atol=1e-6 * unfused_grad.abs().max())
+@pytest.mark.parametrize("classes", [2, 10, 100, 1000])
+@pytest.mark.parametrize("scale", [0.5, 5.0, 50.0])
+def test_rckd_default_is_the_authors_upper_triangle_cosine(classes, scale):
+    """saberdante/RCKD, mdistiller/distillers/RCKD.py: R_ij = lp_i - lp_j of lp = log_softmax(z / T), its
+    strict upper triangle, per-sample cosine, T^2 (1 - batch mean), 1.0 CE + 5.0 RC, no KL."""
+    zs, zt, y = _logits(6, classes, scale, seed=50), _logits(6, classes, scale, seed=51), _targets(6, classes)
+    loss = losses.build("rckd")
+    assert loss.params == {"ce": 1.0, "kd": 0.0, "rc": 5.0, "T": 4.0, "relation": "log_ratio", "kappa": 1.0}
+    terms = loss(zs, zt, y, 1)
+    T = 4.0
+    upper = torch.triu(torch.ones(classes, classes, dtype=torch.bool), diagonal=1)
 
+    def upper_triangle(z):
+        lp = torch.log_softmax(z.double() / T, 1)
+        return (lp[:, :, None] - lp[:, None, :])[:, upper]
 
-@pytest.mark.parametrize("teacher_grad", [False, True])
-def test_kd_pearson_gradcheck_float64(teacher_grad):
-    zs = _logits(4, 7, 2.0, seed=45, dtype=torch.float64).requires_grad_()
-    zt = _logits(4, 7, 2.0, seed=46, dtype=torch.float64).requires_grad_(teacher_grad)
-    assert torch.autograd.gradcheck(lambda a, b: functional.kd_pearson(a, b, 1.5), (zs, zt))
+    cosine = F.cosine_similarity(upper_triangle(zs), upper_triangle(zt), dim=1)
+    assert set(terms) == {"ce", "rc"}  # kd = 0: no KL is computed
+    assert float(terms["rc"]) == pytest.approx(5.0 * T**2 * float((1 - cosine).mean()), rel=1e-5, abs=1e-6)
+    assert float(terms["ce"]) == pytest.approx(float(F.cross_entropy(zs.double(), y)), rel=1e-6)
 
 
-def test_kd_pearson_gradients_sum_to_zero_per_sample():
-    """Both outputs depend on the logits only through the softmax, which is shift-invariant."""
-    zs = _logits(6, 15, 2.0, seed=47).requires_grad_()
-    zt = _logits(6, 15, 2.0, seed=48)
-    kl, cosine = functional.kd_pearson(zs, zt, 4.0)
-    for value in (kl, cosine):
-        (grad,) = torch.autograd.grad(value.sum(), zs, retain_graph=True)
-        assert grad.abs().max() > 1e-3
-        # Up to one float32 rounding of the largest entry per class.
-        rounding = 15 * torch.finfo(torch.float32).eps * grad.abs().max()
-        torch.testing.assert_close(grad.sum(1), torch.zeros(6), atol=rounding, rtol=0)
+def test_rckd_with_kl_adds_kd_to_the_relation_term():
+    zs, zt, y = _logits(8, 20, 3.0, seed=52), _logits(8, 20, 3.0, seed=53), _targets(8, 20)
+    plain = losses.build("rckd")(zs, zt, y, 1)
+    with_kl = losses.build("rckd", kd=0.9)(zs, zt, y, 1)
+    kd = 0.9 * 16 * functional.kd_divergence(zs, zt, 4.0).mean()
+    torch.testing.assert_close(with_kl["kd"], kd)
+    torch.testing.assert_close(with_kl["rc"], plain["rc"])
+
+
+def test_standardize_is_sun_et_al_z_score():
+    z = _logits(5, 9, 4.0, seed=54).double() + 3.0
+    expected = _np_standardize(z.numpy())
+    np.testing.assert_allclose(functional.standardize(z).numpy(), expected, rtol=1e-12, atol=1e-12)
+    standardized = functional.standardize(z)
+    torch.testing.assert_close(standardized.mean(1), torch.zeros(5, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(standardized.std(1), torch.ones(5, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_logit_standardization_is_a_no_op_for_log_ratio():
+    """log_ratio's cosine is the Pearson correlation of the logits: invariant to the per-sample shift
+    and positive scale that LS applies, so RCKD needs no `ls` flag."""
+    zs, zt, y = _logits(8, 30, 6.0, seed=55), _logits(8, 30, 6.0, seed=56), _targets(8, 30)
+    rc = losses.build("rckd")(zs, zt, y, 1)["rc"]
+    standardized = losses.build("rckd")(functional.standardize(zs), functional.standardize(zt), y, 1)["rc"]
+    torch.testing.assert_close(standardized, rc, atol=1e-5, rtol=1e-5)
+    # ...whereas for KD it is a different loss.
+    kd, kd_ls = losses.build("kd"), losses.build("kd", ls=True)
+    assert abs(float(kd(zs, zt, y, 1)["kd"]) - float(kd_ls(zs, zt, y, 1)["kd"])) > 1e-2
+
+
+def test_ls_variants_equal_kd_and_dkd_of_standardized_logits():
+    zs, zt, y = _logits(8, 12, 5.0, seed=57), _logits(8, 12, 5.0, seed=58), _targets(8, 12)
+    for method, params in (("kd", {"T": 2.0, "kd": 9.0}), ("dkd", {"T": 2.0, "alpha": 9.0, "beta": 72.0})):
+        with_ls = losses.build(method, ls=True, **params)(zs, zt, y, 30)
+        by_hand = losses.build(method, **params)(functional.standardize(zs), functional.standardize(zt), y, 30)
+        for name, value in with_ls.items():
+            if name == "ce":  # cross-entropy sees the raw logits
+                torch.testing.assert_close(value, F.cross_entropy(zs, y) * params.get("ce", 0.1 if method == "kd"
+                                                                                     else 1.0))
+            else:
+                torch.testing.assert_close(value, by_hand[name])
+
+
+def test_wttm_equals_its_definition():
+    """Zheng and Yang (2024), zkxufo/TTM distiller_zoo/wttm.py: target p_t^g / sum(p_t^g), untempered
+    student, each sample's KL weighted by sum(p_t^g), batch mean."""
+    zs, zt, y = _logits(8, 10, 3.0, seed=59).double(), _logits(8, 10, 3.0, seed=60).double(), _targets(8, 10)
+    terms = losses.build("wttm", power=0.2, beta=4.0)(zs, zt, y, 1)
+    q = torch.softmax(zt, 1) ** 0.2
+    weight = q.sum(1)
+    target = q / weight[:, None]
+    kl = (target * (target.log() - torch.log_softmax(zs, 1))).sum(1)
+    torch.testing.assert_close(terms["wttm"], 4.0 * (weight * kl).mean(), rtol=1e-12, atol=0)
 
 
 # --- every method -----------------------------------------------------------------------------
@@ -387,8 +433,9 @@ def test_terms_sum_to_the_directly_computed_loss(method, params):
     loss = losses.build(method, **params)
     zs, zt, y = _logits(12, 8, 3.0, seed=34), _logits(12, 8, 3.0, seed=35), _targets(12, 8, seed=5)
     terms = loss(zs, zt, y, 25)
-    expected_names = {"ce": {"ce"}, "kd": {"ce", "kd"}, "dkd": {"ce", "tckd", "nckd"},
-                      "dist": {"ce", "inter", "intra"}, "rckd": {"ce", "kd", "rc"}}[method]
+    expected_names = {"ce": {"ce"}, "kd": {"ce", "kd"}, "dkd": {"ce", "tckd", "nckd"}, "wttm": {"ce", "wttm"},
+                      "dist": {"ce", "inter", "intra"},
+                      "rckd": {"ce", "rc"} | ({"kd"} if loss.params.get("kd") else set())}[method]
     assert set(terms) == expected_names
     assert all(value.dtype == torch.float32 and value.ndim == 0 for value in terms.values())
     direct = _np_loss(method, loss.params, zs.double().numpy(), zt.double().numpy(), y.numpy())
@@ -403,7 +450,7 @@ def test_ce_needs_no_teacher():
 
 
 @pytest.mark.parametrize(("method", "params"), [("dkd", {}), ("rckd", {"relation": "rank"}), ("dist", {}),
-                                               ("rckd", {"relation": "prob_diff"})])
+                                               ("rckd", {}), ("dkd", {"ls": True}), ("wttm", {})])
 def test_loss_compiles_as_one_graph_with_a_tensor_epoch(method, params):
     loss = losses.build(method, **params)
 
@@ -423,34 +470,53 @@ def test_loss_compiles_as_one_graph_with_a_tensor_epoch(method, params):
 # --- registry ---------------------------------------------------------------------------------
 
 def test_available_defaults_and_resolved_params():
-    assert losses.available() == ["ce", "dist", "dkd", "kd", "rckd"]
-    assert losses.defaults("kd") == {"ce": 0.1, "kd": 0.9, "T": 4.0}
-    assert losses.defaults("dkd") == {"ce": 1.0, "alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup": 20.0}
+    assert losses.available() == ["ce", "dist", "dkd", "kd", "rckd", "wttm"]
+    assert losses.defaults("kd") == {"ce": 0.1, "kd": 0.9, "T": 4.0, "ls": False}
+    assert losses.defaults("dkd") == {"ce": 1.0, "alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup": 20.0, "ls": False}
     assert losses.defaults("dist") == {"ce": 1.0, "kd": 2.0, "beta": 1.0, "gamma": 1.0, "T": 4.0}
-    assert losses.defaults("rckd") == {"ce": 0.1, "kd": 0.9, "rc": 1.0, "T": 4.0,
-                                       "relation": "prob_diff", "kappa": 1.0}
+    assert losses.defaults("rckd") == {"ce": 1.0, "kd": 0.0, "rc": 5.0, "T": 4.0,
+                                       "relation": "log_ratio", "kappa": 1.0}
+    assert losses.defaults("wttm") == {"ce": 1.0, "beta": 4.0, "power": 0.2}
     losses.defaults("kd")["T"] = 99.0  # a copy: the registry is unchanged
     assert losses.defaults("kd")["T"] == 4.0
     loss = losses.build("dkd", beta=2, T=8)
     assert loss.method == "dkd" and loss.needs_teacher and loss.temperature == 8.0
-    assert loss.params == {"ce": 1.0, "alpha": 1.0, "beta": 2.0, "T": 8.0, "warmup": 20.0}
+    assert loss.params == {"ce": 1.0, "alpha": 1.0, "beta": 2.0, "T": 8.0, "warmup": 20.0, "ls": False}
     assert json.loads(json.dumps(loss.params)) == loss.params
-    assert all(isinstance(value, float) for value in loss.params.values())
+    assert all(isinstance(value, float) for key, value in loss.params.items() if key != "ls")
+
+
+def test_every_catalog_method_has_terms_and_known_parameters():
+    assert sorted(registry.TERMS) == catalog.available()
+    for method in catalog.available():
+        assert set(catalog.defaults(method)) <= set(catalog.PARAMETERS)
+        terms = losses.build(method)(_logits(4, 6, seed=61), _logits(4, 6, seed=62), _targets(4, 6), 1)
+        assert terms and all(torch.isfinite(value) for value in terms.values())
+
+
+def test_parse_param_types_values_by_parameter_kind():
+    assert catalog.parse_param("ls=true") == ("ls", True)
+    assert catalog.parse_param("T=4") == ("T", 4.0)
+    assert catalog.parse_param("relation=rank") == ("relation", "rank")
+    with pytest.raises(Exception, match="true or false"):
+        catalog.parse_param("ls=yes")
 
 
 @pytest.mark.parametrize(("method", "params", "message"), [
-    ("hinton", {}, "unknown loss method 'hinton'; choose one of: ce, dist, dkd, kd, rckd"),
-    ("kd", {"tau": 4}, "unknown parameter(s) tau for loss 'kd'; allowed: ce, kd, T"),
+    ("hinton", {}, "unknown loss method 'hinton'; choose one of: ce, dist, dkd, kd, rckd, wttm"),
+    ("kd", {"ls": 1}, "ls (logit standardization (Sun et al., 2024) of both logits before the temperature) must be "
+                      "true or false"),
+    ("kd", {"tau": 4}, "unknown parameter(s) tau for loss 'kd'; allowed: ce, kd, T, ls"),
     ("ce", {"T": 4}, "allowed: none"),
     ("kd", {"T": 0}, "T (the softmax temperature) must be > 0"),
     ("rckd", {"T": -1.0}, "must be > 0"),
     ("rckd", {"kappa": 0.0}, "kappa (the rank relation's tanh scale) must be > 0"),
-    ("dkd", {"beta": -1}, "beta (a loss weight) must be >= 0"),
-    ("dkd", {"warmup": -5}, "warmup (the DKD warm-up length in epochs, 0 for none) must be >= 0"),
+    ("dkd", {"beta": -1}, "beta (the DKD non-target (NCKD), DIST inter-class or WTTM weight) must be >= 0"),
+    ("dkd", {"warmup": -5}, "warmup (the warm-up length in epochs of the distillation terms, 0 for none) must be >= 0"),
     ("kd", {"kd": True}, "must be a finite number"),
     ("kd", {"kd": "0.9"}, "must be a finite number"),
     ("kd", {"T": float("nan")}, "must be a finite number"),
-    ("rckd", {"relation": "cosine"}, "relation must be one of prob_diff, logit_diff, rank"),
+    ("rckd", {"relation": "cosine"}, "relation must be one of log_ratio, prob_diff, rank"),
 ])
 def test_registry_errors_name_the_allowed_values(method, params, message):
     with pytest.raises(RckdError) as error:

@@ -15,6 +15,7 @@ from scipy import stats
 from rckd import data, models
 from rckd.checkpoint import load_model, save_model
 from rckd.cli import main as cli
+from rckd.data.options import resolve_options
 from rckd.errors import RckdError
 from rckd.report import tables
 from rckd.io import write_csv
@@ -318,7 +319,8 @@ def save_tiny_model(path: Path, arch: str, method: str, params: dict, split: dat
     torch.manual_seed(seed)
     model = models.build(arch, num_classes=len(split.classes), in_channels=split.images.shape[1])
     meta = {"arch": arch, "num_classes": len(split.classes), "in_channels": split.images.shape[1],
-            "input_size": list(split.images.shape[1:]), "dataset": "synthetic", "data_options": {}, "mean": list(split.mean),
+            "input_size": list(split.images.shape[1:]), "dataset": "synthetic",
+            "data_options": resolve_options("synthetic", OPTIONS), "mean": list(split.mean),
             "std": list(split.std), "classes": split.classes, "method": method, "params": params, "teacher": None,
             "teacher_arch": None, "seed": seed, "epochs": 1, "final_top1": 0.0, "best_top1": 0.0, "best_epoch": 1,
             "rckd_version": "test"}
@@ -328,7 +330,7 @@ def save_tiny_model(path: Path, arch: str, method: str, params: dict, split: dat
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("evaluate")
-    data.prepare("synthetic", root / "data", **OPTIONS)
+    data.prepare_cache("synthetic", root / "data", **OPTIONS)
     split = data.load("synthetic", root / "data", "test", **OPTIONS)
     save_tiny_model(root / "student.pt", "resnet8", "kd", {"T": 2.0}, split, seed=1)
     save_tiny_model(root / "teacher.pt", "resnet8", "ce", {}, split, seed=2)
@@ -376,7 +378,7 @@ def test_evaluate_without_teacher_and_with_a_wrong_one(tiny, tmp_path, capsys):
     torch.save(payload, other)
     assert cli(["evaluate", "--model", str(student), "--teacher", str(other), "--data-root", str(data_root),
                 "--out", str(tmp_path / "bad.json"), "--device", "cpu", *OPTION_ARGS]) == 2
-    assert "does not match student" in capsys.readouterr().err
+    assert "does not fit this data set" in capsys.readouterr().err
     assert not (tmp_path / "bad.json").exists()
     assert cli(["evaluate", "--model", str(teacher), "--data-root", str(data_root), "--out", str(tmp_path / "t.json"),
                 "--threads", "-1", *OPTION_ARGS]) == 2

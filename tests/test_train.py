@@ -30,7 +30,7 @@ OPTION_ARGS = [arg for key, value in OPTIONS.items() for arg in ("--data-option"
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
-    data.prepare("synthetic", root, **OPTIONS)
+    data.prepare_cache("synthetic", root, **OPTIONS)
     return root
 
 
@@ -77,17 +77,18 @@ def test_teacher_learns_and_writes_its_run_directory(teacher):
     assert not (run / "resume.pt").exists()  # a finished run drops its resume checkpoint
 
 
-@pytest.mark.parametrize("method", ["kd", "dkd", "dist", "rckd"])
+@pytest.mark.parametrize("method", ["kd", "dkd", "dist", "wttm", "rckd"])
 def test_distillation_runs_for_every_method(data_root, teacher, tmp_path, method):
     metrics = train(config(data_root, tmp_path, method=method, teacher=teacher, epochs=1))
     history = read_history(tmp_path)
     terms = {"kd": {"ce", "kd"}, "dkd": {"ce", "tckd", "nckd"}, "dist": {"ce", "inter", "intra"},
-             "rckd": {"ce", "kd", "rc"}}[method]
+             "wttm": {"ce", "wttm"}, "rckd": {"ce", "rc"}}[method]
     assert {key[5:] for key in history[0] if key.startswith("loss_")} == terms
     assert -1 <= float(history[0]["tau_nt"]) <= 1
     assert metrics["teacher_arch"] == "resnet14" and metrics["method"] == method
     _, meta = load_model(tmp_path / "model.pt")
-    assert meta["teacher"] == str(teacher) and meta["params"]["T"] == 4
+    assert meta["teacher"] == str(teacher) and meta["params"] == metrics["params"]
+    assert metrics["teacher_bank"] is False
 
 
 def run_cli(*args: str) -> subprocess.Popen:
@@ -164,8 +165,8 @@ def test_missing_teacher_is_a_clear_error(data_root, tmp_path):
 def test_teacher_of_another_data_set_is_refused(data_root, teacher, tmp_path):
     other = {**OPTIONS, "classes_per_superclass": 2}
     other_root = tmp_path / "other"
-    data.prepare("synthetic", other_root, **other)
-    with pytest.raises(RckdError, match="num_classes"):
+    data.prepare_cache("synthetic", other_root, **other)
+    with pytest.raises(RckdError, match="does not fit this data set.*num_classes"):
         train(config(other_root, tmp_path / "run", data_options=other, method="kd", teacher=teacher))
 
 
@@ -203,7 +204,7 @@ def test_cuda_graph_compile_is_refused_on_cpu(data_root, tmp_path):
 def test_predict_logits_keeps_order_and_is_float32(data_root):
     split = data.load("synthetic", data_root, "test", **OPTIONS)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 20)).eval()
-    from rckd.train import predict_logits
+    from rckd.inference import predict_logits
 
     whole = predict_logits(model, split.images, split.mean, split.std, batch_size=len(split.images))
     chunked = predict_logits(model, split.images, split.mean, split.std, batch_size=7)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import pytest
 import yaml
 
 from rckd import losses, models
+from rckd.losses import catalog
+from rckd.teachers import SOURCES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -21,6 +24,15 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.Compl
     command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
                "--cores", "2", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Snakemake's --configfile merge: nested mappings key by key, everything else replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+            else value
+    return merged
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -35,34 +47,49 @@ def canonical(method: str, params: dict) -> frozenset:
     return frozenset((key, value) for key, value in params.items() if defaults.get(key) != value)
 
 
-def expected_runs(config: dict) -> set[tuple]:
-    """Every training run the experiments need, counted from the config on its own."""
+def expected_labelled_runs(config: dict) -> set[tuple]:
+    """Every (method name, training run) the experiments need, counted from the config on its own.
+
+    A run is (student, teacher, loss, changed parameters, seed, teacher epochs): a teacher trains for
+    train.teacher_epochs when set, so it is then not the vanilla student of its architecture."""
     seeds, teacher_seed = config.get("seeds", [0]), config.get("teacher_seed", 0)
-    method_params = config.get("methods", {})
-    ce = lambda arch, seed: (arch, None, "ce", frozenset(), seed)  # noqa: E731
+    train = config.get("train", {})
+    epochs = train.get("epochs", 240)
+    teacher_epochs = train.get("teacher_epochs") or epochs
+    names = config.get("methods", {})
+    ce = lambda arch, seed, role="student": ("ce", (arch, None, "ce", frozenset(), seed,  # noqa: E731
+                                                    teacher_epochs if role == "teacher" else epochs))
+
+    def distilled(name, student, teacher, seed, overrides=None):
+        spec = {**names.get(name, {}), **(overrides or {})}
+        loss = spec.pop("method", name)
+        return name, (student, teacher, loss, canonical(loss, spec), seed, epochs)
+
     runs = set()
     for name, spec in config["experiments"].items():
         teachers = spec.get("teachers", [spec.get("teacher")])
-        runs |= {ce(teacher, teacher_seed) for teacher in teachers}
+        runs |= {ce(teacher, teacher_seed, "teacher") for teacher in teachers}
         for seed in seeds:
             if name == "main":
                 for pair in spec["pairs"]:
                     runs.add(ce(pair["student"], seed))
                     for method in spec["methods"]:
-                        params = {**method_params.get(method, {}), **pair.get("params", {}).get(method, {})}
-                        runs.add((pair["student"], pair["teacher"], method, canonical(method, params), seed))
+                        runs.add(distilled(method, pair["student"], pair["teacher"], seed,
+                                           pair.get("params", {}).get(method)))
             elif name == "capacity":
                 runs.add(ce(spec["student"], seed))
-                runs |= {(spec["student"], teacher, method, canonical(method, method_params.get(method, {})), seed)
+                runs |= {distilled(method, spec["student"], teacher, seed)
                          for teacher in spec["teachers"] for method in spec["methods"]}
-            else:
+            else:  # a sweep of one method, one factor at a time around its settings plus base
                 runs.add(ce(spec["student"], seed))
-                base = {**method_params.get("rckd", {}), **spec.get("base", {})}
                 for key, values in spec["sweep"].items():
-                    for value in values:
-                        params = canonical("rckd", {**base, key: value})
-                        runs.add((spec["student"], spec["teacher"], "rckd", params, seed))
+                    runs |= {distilled(spec["method"], spec["student"], spec["teacher"], seed,
+                                       {**spec.get("base", {}), key: value}) for value in values}
     return runs
+
+
+def expected_runs(config: dict) -> set[tuple]:
+    return {run for _, run in expected_labelled_runs(config)}
 
 
 def test_lint_is_clean(tmp_path):
@@ -76,11 +103,16 @@ def test_default_config_plans_every_job_once(tmp_path):
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     runs = expected_runs(CONFIG)
-    assert len(runs) == 81  # the paper DAG: 81 training runs per seed (issue tracker)
+    # The paper DAG per seed: main 6 teachers + 9 vanilla students + 11 pairs x 6 methods = 81, capacity 15
+    # more (its resnet56 teacher's runs are main's), the RCKD ablation 6 more (its default is main's).
+    assert len(runs) == 102
     main = CONFIG["experiments"]["main"]
     students = {pair["student"] for pair in main["pairs"]}
+    teachers_with_students = {run[1] for run in runs if run[1]}
     assert counts == {
         "prepare_data": 1, "train": len(runs), "evaluate": len(runs), "summarize": 3, "table": 3, "plot": 3,
+        # auto: every teacher has more student epochs (>= 240) than the bank has views (162)
+        "teacher_bank": len(teachers_with_students),
         # every main student, vanilla and distilled by each method, first seed only
         "export_onnx": len(students) + len(main["pairs"]) * len(main["methods"]),
         "bench": 1, "all": 1, "total": counts["total"],
@@ -91,27 +123,33 @@ def test_default_config_plans_every_job_once(tmp_path):
 def test_other_configs_dry_run(tmp_path, configfile):
     result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / configfile))
     assert result.returncode == 0, result.stderr
-    config = yaml.safe_load((ROOT / "config" / configfile).read_text())
-    merged_experiments = {name: {**CONFIG["experiments"][name], **spec}
-                          for name, spec in config["experiments"].items() if spec.get("enabled", True)}
-    merged = {**CONFIG, **config, "methods": {**CONFIG["methods"], **config.get("methods", {})},
-              "experiments": merged_experiments}
+    merged = deep_merge(CONFIG, yaml.safe_load((ROOT / "config" / configfile).read_text()))
+    merged["experiments"] = {name: spec for name, spec in merged["experiments"].items() if spec.get("enabled", True)}
     assert job_counts(result.stdout)["train"] == len(expected_runs(merged))
 
 
 def test_schema_lists_exactly_the_registered_models_and_methods():
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
     assert sorted(schema["$defs"]["arch"]["enum"]) == models.available()
-    assert sorted(schema["$defs"]["method"]["enum"] + ["ce"]) == losses.available()
+    assert sorted(schema["$defs"]["loss_method"]["enum"] + ["ce"]) == losses.available()
     known = set().union(*(losses.defaults(method) for method in losses.available()))
-    assert set(schema["$defs"]["loss_params"]["propertyNames"]["enum"]) == known
+    assert set(schema["$defs"]["param_name"]["enum"]) == known == set(catalog.PARAMETERS)
+    assert schema["properties"]["teachers"]["properties"]["source"]["enum"] == ["train", *SOURCES]
 
 
 BAD_CONFIGS = {
     "unknown model": ("experiments: {main: {teachers: [resnet56], methods: [kd], "
                       "pairs: [{teacher: resnet56, student: resnet999}]}}", ["resnet999", "resnet8x4"]),
     "unknown method": ("experiments: {main: {teachers: [resnet56], methods: [fitnet], "
-                       "pairs: [{teacher: resnet56, student: resnet20}]}}", ["fitnet", "rckd"]),
+                       "pairs: [{teacher: resnet56, student: resnet20}]}}", ["methods.fitnet", "rckd"]),
+    "variant of an unknown loss": ("methods: {kd_x: {method: fitnet}}", ["fitnet", "kd_x", "rckd"]),
+    "two names for one run": ("methods: {kd_again: {method: kd}}\nexperiments: {main: {teachers: [resnet56], "
+                              "methods: [kd, kd_again], pairs: [{teacher: resnet56, student: resnet20}]}}",
+                              ["'kd' and 'kd_again' are the same run"]),
+    "sweep without a method": ("experiments: {dkd_beta: {teacher: resnet56, student: resnet20, "
+                               "sweep: {beta: [1, 2]}}}", ["method", "required"]),
+    "published teachers of other data": ("dataset: synthetic\nteachers: {source: mdistiller}",
+                                         ["teachers.source", "synthetic"]),
     "unknown dataset": ("dataset: imagenet", ["imagenet", "cifar100"]),
     "untrained teacher": ("experiments: {main: {teachers: [resnet56], methods: [kd], "
                           "pairs: [{teacher: vgg13, student: vgg8}]}}",
@@ -122,7 +160,8 @@ BAD_CONFIGS = {
     "bad loss parameter value": ("methods: {rckd: {T: -1}}", ["rckd", "T", "-1"]),
     "unknown data option": ("dataset: synthetic\ndata: {options: {train_per_clas: 5}}",
                             ["data.options", "train_per_clas", "train_per_class"]),
-    "squeezed schedule": ("train: {epochs_by_arch: {resnet20: 2}}", ["train.epochs_by_arch.resnet20"]),
+    "squeezed schedule": ("train: {teacher_epochs: 2}", ["train.teacher_epochs", "squeeze"]),
+    "bad bank policy": ("train: {teacher_bank: sometimes}", ["teacher_bank", "sometimes"]),
 }
 
 
@@ -158,6 +197,22 @@ def test_toggling_an_experiment_leaves_the_other_runs_untouched(tmp_path):
     assert {run: with_ablation[run] for run in shared} == {run: without[run] for run in shared}
 
 
+def test_published_teachers_are_imported_not_trained(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cifar_teachers.tar").touch()  # planning only needs the archive to exist
+    result = snakemake(tmp_path, "-n", "-p", "--config", "teachers={source: mdistiller}")
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    imported = set(SOURCES["mdistiller"])
+    assert counts["import_teacher"] == len(imported)
+    assert counts["train"] == len(expected_runs(CONFIG)) - len(imported)
+    commands = train_commands(result)
+    assert all(f"/{arch}/none/ce/mdistiller/seed0/model.pt" in " ".join(commands.values()) for arch in imported)
+    assert not any("/mdistiller/" in run for run in commands)  # no training job writes an imported teacher
+    # The capacity study's small teachers are not in the archive: they are still trained.
+    assert any(run.endswith("resnet20/none/ce/default/seed0") for run in commands)
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -169,7 +224,7 @@ def test_quick_dag_end_to_end(tmp_path):
     tiny = tmp_path / "tiny.yaml"
     tiny.write_text(
         "data: {options: {train_per_class: 20, test_per_class: 10}}\n"
-        "train: {epochs: 2, milestones: [1], epochs_by_arch: {resnet8x4: 3}}\n"
+        "train: {epochs: 2, milestones: [1], teacher_epochs: 3}\n"
         "bench: {batch_sizes: [1], warmup: 1, min_iters: 3, min_seconds: 0.0}\n"
         "export: {calibration_size: 16}\n"
     )
@@ -178,13 +233,18 @@ def test_quick_dag_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-5000:]
 
     results = tmp_path / "results" / "synthetic"
-    quick = yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
+    quick = deep_merge(deep_merge(CONFIG, yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())),
+                       yaml.safe_load(tiny.read_text()))
     for name in ("main", "capacity", "ablation"):
         rows = read_csv(results / name / "summary.csv")
         assert len(rows) == len(expected_runs({**quick, "experiments": {name: quick["experiments"][name]}}))
         assert all(0 <= float(row["best_top1"]) <= 100 for row in rows)
         assert (results / name / "table.md").read_text().strip()
     assert (results / "main" / "curves.png").stat().st_size > 1000
+    main_table = (results / "main" / "table.md").read_text()
+    assert all(f"| {label} " in main_table or f" {label} |" in main_table for label in ("KD+LS", "DKD+LS", "RCKD"))
+    banked = [json.loads(path.read_text()) for path in (results / "runs").glob("*/*/*/*/seed*/metrics.json")]
+    assert all(metrics["teacher_bank"] for metrics in banked if metrics["teacher"])  # quick: teacher_bank on
     latency = read_csv(results / "deploy" / "latency.csv")
     assert latency and all(float(row["p50_ms"]) > 0 for row in latency)
 
@@ -202,5 +262,5 @@ def test_quick_dag_end_to_end(tmp_path):
     plan = snakemake(tmp_path, *configs, str(changed), "-n")
     assert plan.returncode == 0, plan.stderr
     trained = re.findall(r"^rule train:\n(?:.*\n)*?\s+output: (\S+)/model\.pt", plan.stdout, re.M)
-    kd_runs = [run for run in expected_runs(quick) if run[2] == "kd"]
+    kd_runs = {run for name, run in expected_labelled_runs(quick) if name == "kd"}
     assert len(trained) == len(kd_runs) and all("/kd/T=3/" in path for path in trained)

@@ -11,11 +11,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from rckd.data.options import PADDING, view_count
+
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class TrainBatch(NamedTuple):
+    x: torch.Tensor  # float32 [B, C, H, W], augmented and normalised
+    y: torch.Tensor  # int64 [B]
+    index: torch.Tensor  # int64 [B]: which training images
+    view: torch.Tensor  # int64 [B]: which crop and flip of each (view_id), the key of a teacher bank
+
+
+def view_id(offsets: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
+    """The view number in 0..view_count - 1 of offsets (dy, dx) [B, 2] and flips [B]."""
+    side = 2 * padding + 1
+    return (offsets[:, 0] * side + offsets[:, 1]) * 2 + flips.long()
+
+
+def all_views(padding: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(offsets [V, 2], flips [V]) of every view, in view_id order."""
+    ids = torch.arange(view_count(padding), device=device)
+    side = 2 * padding + 1
+    flips, cell = (ids % 2).bool(), ids // 2
+    return torch.stack((cell // side, cell % side), 1), flips
 
 
 def crop_flip(images_u8: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor,
@@ -56,12 +80,12 @@ class TrainBatches:
     """Shuffled, augmented, normalised training batches from uint8 images on their device.
 
     `iter(batches)` (or `batches.epoch()`) runs one epoch: a fresh device permutation, then
-    `len(batches)` batches `(x float32 [B,C,H,W], y int64 [B])`. `state_dict()` saved between
-    epochs and loaded into a new instance reproduces every later epoch bit for bit.
+    `len(batches)` `TrainBatch`es. `state_dict()` saved between epochs, or between two batches of
+    one, and loaded into a new instance reproduces every later batch bit for bit.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                 mean: Sequence[float], std: Sequence[float], *, augment: bool = True, padding: int = 4,
+                 mean: Sequence[float], std: Sequence[float], *, augment: bool = True, padding: int = PADDING,
                  drop_last: bool = False, generator: torch.Generator | None = None,
                  channels_last: bool = False) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
@@ -76,6 +100,8 @@ class TrainBatches:
             raise ValueError(f"generator is on {self.generator.device}, images on {images.device}")
         self.mean = _channel_tensor(mean, images)
         self.std = _channel_tensor(std, images)
+        self.order: torch.Tensor | None = None  # this epoch's permutation while one is under way
+        self.position = 0  # batches of it already drawn
 
     def __len__(self) -> int:
         count = self.images.shape[0]
@@ -84,21 +110,34 @@ class TrainBatches:
     def __iter__(self) -> Iterator[Batch]:
         return self.epoch()
 
-    def epoch(self) -> Iterator[Batch]:
-        order = torch.randperm(self.images.shape[0], generator=self.generator, device=self.images.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start:start + self.batch_size]
+    def epoch(self) -> Iterator[TrainBatch]:
+        if self.order is None:
+            self.order = torch.randperm(self.images.shape[0], generator=self.generator, device=self.images.device)
+            self.position = 0
+        identity = view_count(self.padding) // 2 - 1  # no shift, no flip
+        while self.position < len(self):
+            start = self.position * self.batch_size
+            index = self.order[start:start + self.batch_size]
             images = self.images.index_select(0, index)
             if self.augment:
                 offsets, flips = random_views(index.shape[0], self.padding, generator=self.generator)
                 images = crop_flip(images, offsets, flips, self.padding)
-            yield _to_model_input(images, self.mean, self.std, self.channels_last), self.labels.index_select(0, index)
+                view = view_id(offsets, flips, self.padding)
+            else:
+                view = torch.full_like(index, identity)
+            self.position += 1
+            yield TrainBatch(_to_model_input(images, self.mean, self.std, self.channels_last),
+                             self.labels.index_select(0, index), index, view)
+        self.order = None
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"generator": self.generator.get_state()}
+    def state_dict(self) -> dict[str, torch.Tensor | int | None]:
+        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, torch.Tensor | int | None]) -> None:
         self.generator.set_state(state["generator"])
+        order = state.get("order")
+        self.order = None if order is None else order.to(self.images.device)
+        self.position = state.get("position", 0)
 
 
 def eval_inputs(images: torch.Tensor, batch_size: int, mean: Sequence[float], std: Sequence[float], *,

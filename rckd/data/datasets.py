@@ -7,14 +7,13 @@
 | `synthetic` | 3x32x32 | K*M (100) | 100 / 20 per class | measured on its training set; with the default |
 | | | | | options (0.5025, 0.4821, 0.4761), (0.2432, 0.2000, 0.2024) |
 
-`synthetic` takes the options of `rckd.data.synthetic.SyntheticOptions`; the others take none.
+`synthetic` takes the options of `rckd.data.options.SyntheticOptions`; the others take none.
 CIFAR-100 comes through torchvision (`<root>/cifar-100-python`); Fashion-MNIST from the Debian
 package dataset-fashion-mnist when installed, else from torchvision's download in `<root>`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import math
 import os
@@ -26,14 +25,28 @@ import numpy as np
 import torch
 
 from rckd.data import cache, synthetic
+from rckd.data.options import DATASETS, resolve_options
 from rckd.data.split import Split
 from rckd.errors import RckdError
 
-DATASETS = ("cifar100", "fashion_mnist", "synthetic")
 SPLITS = ("train", "test")
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+# The fine label names of cifar-100-python/meta, in label order (alphabetical): imported teachers carry them.
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl",
+    "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair",
+    "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin",
+    "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp",
+    "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck",
+    "pine_tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
+    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger",
+    "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman",
+    "worm",
+)
 # Debian/Ubuntu package dataset-fashion-mnist; torchvision's own download goes to <root>/FashionMNIST/raw.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {
@@ -56,17 +69,6 @@ def load_splits(name: str, root: str | os.PathLike, *, download: bool = False, *
     if path.exists():
         return cache.read(path, name, root, resolved, download=download)
     return build(name, root, download=download, options=resolved)
-
-
-def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Every option of data set `name` with defaults filled in, checked; a cache records these."""
-    if name not in DATASETS:
-        raise RckdError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
-    if name != "synthetic":
-        if options:
-            raise RckdError(f"data set {name} takes no options, got {sorted(options)}")
-        return {}
-    return dataclasses.asdict(synthetic.make_options(options))
 
 
 def build(name: str, root: str | os.PathLike, *, download: bool, options: dict[str, Any]) -> dict[str, Split]:

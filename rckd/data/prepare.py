@@ -15,7 +15,7 @@ from rckd.data.datasets import DATASETS, build, resolve_options
 from rckd.errors import RckdError
 
 
-def prepare(name: str, root: str | os.PathLike, *, download: bool = False, **options: Any) -> Path:
+def prepare_cache(name: str, root: str | os.PathLike, *, download: bool = False, **options: Any) -> Path:
     """Write `<root>/<name>.pt` unless a valid cache built with the same options is already there
     (a corrupt or differently built one is replaced); returns its path."""
     resolved = resolve_options(name, options)
@@ -54,6 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = prepare(args.dataset, args.data_root, download=args.download, **dict(args.data_option))
+    path = prepare_cache(args.dataset, args.data_root, download=args.download, **dict(args.data_option))
     print(f"{args.dataset}: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -16,15 +16,11 @@ larger values make sibling classes overlap more.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rckd.errors import RckdError
+from rckd.data.options import SyntheticOptions
 
 CHANNELS = 3
 SUPERCLASS_GRID = 4  # coarse grid of a superclass prototype (control points ~13 px apart)
@@ -36,47 +32,6 @@ GREY_LEVEL, GREY_SCALE = 128.0, 45.0  # field value v maps to the pixel 128 + 45
 
 # Independent random streams, so e.g. the test set does not change when train_per_class does.
 _PROTOTYPES, _TRAIN, _TEST = range(3)
-
-
-@dataclass(frozen=True)
-class SyntheticOptions:
-    num_superclasses: int = 10
-    classes_per_superclass: int = 10
-    train_per_class: int = 100
-    test_per_class: int = 20
-    seed: int = 0
-    difficulty: float = 1.0
-    image_size: int = 32  # smaller images make the CPU demo fast (16: 4x fewer pixels)
-
-    @property
-    def max_shift(self) -> int:
-        """Samples are cropped from a canvas this much larger on every side (4 px at 32x32)."""
-        return max(1, self.image_size // 8)
-
-    @property
-    def canvas(self) -> int:
-        return self.image_size + 2 * self.max_shift
-
-
-_MAY_BE_ZERO = ("seed", "difficulty")
-
-
-def make_options(values: dict[str, Any]) -> SyntheticOptions:
-    """Checked options from user values (e.g. `--data-option difficulty=2`); defaults fill the rest."""
-    defaults = dataclasses.asdict(SyntheticOptions())
-    unknown = sorted(set(values) - set(defaults))
-    if unknown:
-        raise RckdError(f"unknown synthetic option(s) {unknown}; choose from: {', '.join(defaults)}")
-    checked = {}
-    for key, default in defaults.items():
-        value = values.get(key, default)
-        if isinstance(default, float) and type(value) is int:
-            value = float(value)
-        lowest = 0 if key in _MAY_BE_ZERO else 8 if key == "image_size" else 1
-        if type(value) is not type(default) or value < lowest:
-            raise RckdError(f"synthetic option {key} must be {type(default).__name__} >= {lowest}, got {value!r}")
-        checked[key] = value
-    return SyntheticOptions(**checked)
 
 
 def class_names(options: SyntheticOptions) -> list[str]:

@@ -11,8 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-RELATIONS = ("prob_diff", "logit_diff", "rank")
-
 # Added to the mean inner product and to both mean squares of a cosine, which makes it the exact
 # cosine of the two vectors each extended by one constant entry sqrt(n * COSINE_EPS) (n entries).
 # It stays in [-1, 1], equals 1 for identical inputs (constant ones included) and has finite
@@ -29,6 +27,14 @@ def at_least_float32(tensor: Tensor) -> Tensor:
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
+def standardize(logits: Tensor) -> Tensor:
+    """Logit standardization of Sun et al. (2024): each row z-scored, (z - mean) / (1e-7 + std).
+
+    std is the unbiased (N - 1) one and the 1e-7 is added to it, as in their public code.
+    """
+    return (logits - logits.mean(-1, keepdim=True)) / (1e-7 + logits.std(-1, keepdim=True))
+
+
 def kl_divergence(log_p: Tensor, log_q: Tensor) -> Tensor:
     """KL(p || q) over the last axis, from log-probabilities; one value per row.
 
@@ -36,6 +42,23 @@ def kl_divergence(log_p: Tensor, log_q: Tensor) -> Tensor:
     ever forming 0 * inf, because both arguments stay finite.
     """
     return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def kd_divergence(logits_s: Tensor, logits_t: Tensor, temperature: float) -> Tensor:
+    """Per-sample KL(p_t || p_s) of the tempered softmaxes p = softmax(z / T), without T^2."""
+    return kl_divergence(F.log_softmax(logits_t / temperature, -1), F.log_softmax(logits_s / temperature, -1))
+
+
+def wttm_divergence(logits_s: Tensor, logits_t: Tensor, power: float) -> Tensor:
+    """Per-sample weighted transformed-teacher KL of Zheng and Yang (2024), WTTM.
+
+    The teacher's distribution is power-transformed, p_t^gamma / sum(p_t^gamma) = softmax(gamma z_t),
+    and matched by the untempered student, KL(softmax(gamma z_t) || softmax(z_s)); each sample is
+    weighted by sum(p_t^gamma), which is larger for flatter teachers.
+    """
+    log_p_t = F.log_softmax(logits_t, -1)
+    weight = torch.logsumexp(power * log_p_t, -1).exp()
+    return weight * kl_divergence(F.log_softmax(power * logits_t, -1), F.log_softmax(logits_s, -1))
 
 
 def dkd_divergences(logits_s: Tensor, logits_t: Tensor, target: Tensor,
@@ -85,134 +108,6 @@ def uniform_scaled_probabilities(logits: Tensor, temperature: float) -> Tensor:
     return logits.shape[-1] * torch.softmax(logits / temperature, -1)
 
 
-def softmax_pearson(logits_s: Tensor, logits_t: Tensor, temperature: float) -> Tensor:
-    """Per-row Pearson correlation of softmax(z_s / T) and softmax(z_t / T).
-
-    Equal to `pearson(uniform_scaled_probabilities(...), ...)` (same COSINE_EPS convention), but
-    with a hand-written backward: this is the prob_diff relation cosine and DIST's inter-class
-    term, and autograd through the generic version allocates several times more [B, C] buffers.
-    The RCKD loss gets the same cosine together with KD from `kd_pearson`.
-    """
-    return _SoftmaxPearson.apply(logits_s, logits_t, temperature)
-
-
-class _SoftmaxPearson(torch.autograd.Function):
-    """Rows of probabilities have mean exactly 1/C, so x = p - 1/C is centred with no reduction,
-    and mean((C p_s - 1)(C p_t - 1)) = C * sum(x_s * x_t) gives the moments of pearson().
-
-    With cos = (M_st + e) / sqrt((M_ss + e)(M_tt + e)) and M_ab = C * sum(x_a * x_b):
-        d cos / d x_s = a * x_t - b * x_s,   a = C / sqrt((M_ss + e)(M_tt + e)),  b = C cos / (M_ss + e),
-    and the softmax Jacobian turns g into p * (g - sum(p * g)) / T, where
-    sum(p_s * (a x_t - b x_s)) = (a M_st - b M_ss) / C because sum(x) = 0. On the CPU the cost
-    of such element-wise passes is mostly first touches of fresh [B, C] buffers, so passes reuse
-    them: 4 fresh buffers in the forward and 1 per input gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, logits_s: Tensor, logits_t: Tensor, temperature: float) -> Tensor:
-        classes = logits_s.shape[-1]
-        scaled_s, scaled_t = logits_s / temperature, logits_t / temperature
-        p_s, p_t = torch.softmax(scaled_s, -1), torch.softmax(scaled_t, -1)
-        x_s = torch.sub(p_s, 1 / classes, out=scaled_s)
-        x_t = torch.sub(p_t, 1 / classes, out=scaled_t)
-        square_s = classes * torch.linalg.vector_norm(x_s, dim=-1).square()
-        square_t = classes * torch.linalg.vector_norm(x_t, dim=-1).square()
-        inner = classes * x_s.mul_(x_t).sum(-1)
-        cosine = _cosine_from_moments(inner, square_s, square_t)
-        ctx.save_for_backward(p_s, p_t, cosine, inner, square_s, square_t)
-        ctx.temperature = temperature
-        return cosine
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        p_s, p_t, cosine, inner, square_s, square_t = ctx.saved_tensors
-        classes = p_s.shape[-1]
-        grad = grad / ctx.temperature
-        norm = torch.rsqrt((square_s + COSINE_EPS) * (square_t + COSINE_EPS))
-
-        def logit_grad(p_self: Tensor, p_other: Tensor, square_self: Tensor) -> Tensor:
-            a = grad * classes * norm
-            b = grad * classes * cosine / (square_self + COSINE_EPS)
-            # a x_other - b x_self - sum(p_self * g), written with p = x + 1/C.
-            offset = (a * inner - b * square_self + a - b) / classes
-            return (torch.addcmul(-offset[:, None], p_other, a[:, None])
-                    .addcmul_(p_self, b[:, None], value=-1).mul_(p_self))
-
-        return (logit_grad(p_s, p_t, square_s) if ctx.needs_input_grad[0] else None,
-                logit_grad(p_t, p_s, square_t) if ctx.needs_input_grad[1] else None, None)
-
-
-def kd_pearson(logits_s: Tensor, logits_t: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-    """Per-row KL(p_t || p_s) and Pearson correlation of p_s, p_t = softmax(z / T), fused.
-
-    The values of `kl_divergence` on the two tempered log-softmaxes and of `softmax_pearson`, to
-    float rounding, for RCKD's default prob_diff relation, whose loss needs both: the two terms
-    share the tempered (log-)softmaxes and one hand-written backward returns their summed gradient.
-    Inputs are float32 or float64 (`at_least_float32`).
-    """
-    return _KdPearson.apply(logits_s, logits_t, temperature)
-
-
-class _KdPearson(torch.autograd.Function):
-    """KL and the `_SoftmaxPearson` cosine from one stacked [2, B, C] tempering of student and teacher.
-
-    Stacking halves the operator calls, which is most of the cost at CIFAR sizes. KL uses the
-    operations of `kl_divergence` on the log-softmax; the cosine uses the softmax itself, which is
-    cheaper than exp(log_softmax) and keeps its rounding (x = p - 1/C is tiny for flat rows). The
-    three moments come from one batched Gram matrix of x.
-
-    Backward, with every coefficient already divided by T: the student gradient of
-    KL(p_t || p_s) is k (p_s - p_t), k = grad_kl / T, and that of the cosine is
-    p_s * (a p_t - b p_s - offset) as in `_SoftmaxPearson`, where (inner + e) a = (M_ss + e) b
-    makes its offset (a - b)(1 - e) / C. So
-        grad_s = p_s * (a p_t - b p_s + k - offset) - k p_t:
-    4 passes and 1 fresh [B, C] buffer; the forward allocates 3 [2, B, C] buffers. The teacher
-    gradient of KL, k p_t (log p_t - log p_s - KL), recomputes the log-softmaxes and is only
-    formed when the teacher needs a gradient (never in training, where it is detached).
-    """
-
-    @staticmethod
-    def forward(ctx, logits_s: Tensor, logits_t: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-        classes = logits_s.shape[-1]
-        scaled = torch.stack((logits_s, logits_t)).div_(temperature)
-        log_p, p = torch.log_softmax(scaled, -1), torch.softmax(scaled, -1)
-        kl = log_p[1].sub_(log_p[0]).mul_(p[1]).sum(-1)
-        centred = torch.sub(p, 1 / classes, out=scaled).transpose(0, 1)
-        # moments[:, i, j] = C * sum(x_i * x_j) + COSINE_EPS, as in _cosine_from_moments.
-        moments = torch.bmm(centred, centred.transpose(1, 2)).mul_(classes).add_(COSINE_EPS)
-        norm = moments.diagonal(dim1=1, dim2=2).prod(-1).rsqrt_()
-        cosine = moments[:, 0, 1] * norm
-        ctx.save_for_backward(p, kl, cosine, norm, moments, logits_s, logits_t)
-        ctx.temperature = temperature
-        return kl, cosine
-
-    @staticmethod
-    def backward(ctx, grad_kl: Tensor, grad_cosine: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        p, kl, cosine, norm, moments, logits_s, logits_t = ctx.saved_tensors
-        temperature, classes = ctx.temperature, p.shape[-1]
-        k = (grad_kl / temperature)[:, None]
-        scaled_grad = grad_cosine * (classes / temperature)
-        a = (scaled_grad * norm)[:, None]
-
-        def coefficients(index: int) -> tuple[Tensor, Tensor]:
-            """b and offset of the cosine gradient for input `index` (0: student, 1: teacher)."""
-            b = (scaled_grad * cosine / moments[:, index, index])[:, None]
-            return b, (a - b).mul_((1 - COSINE_EPS) / classes)
-
-        grad_s = grad_t = None
-        if ctx.needs_input_grad[0]:
-            b, offset = coefficients(0)
-            grad_s = (torch.addcmul(k - offset, p[1], a).addcmul_(p[0], b, value=-1).mul_(p[0])
-                      .addcmul_(p[1], k, value=-1))
-        if ctx.needs_input_grad[1]:
-            b, offset = coefficients(1)
-            log_ratio = (torch.log_softmax(logits_t / temperature, -1)
-                         - torch.log_softmax(logits_s / temperature, -1))
-            grad_t = (log_ratio.sub_(kl[:, None]).mul_(k).sub_(offset)
-                      .addcmul_(p[0], a).addcmul_(p[1], b, value=-1).mul_(p[1]))
-        return grad_s, grad_t, None
-
-
 def relative_confidence(values: Tensor) -> Tensor:
     """The explicit relation matrix R_ij = v_i - v_j, `[B, C] -> [B, C, C]` (reference only)."""
     return values[:, :, None] - values[:, None, :]
@@ -220,10 +115,10 @@ def relative_confidence(values: Tensor) -> Tensor:
 
 def relation_matrix(logits: Tensor, relation: str, temperature: float, kappa: float) -> Tensor:
     """The explicit `[B, C, C]` matrix of each relation; the O(B*C^2) definition for tests and docs."""
+    if relation == "log_ratio":
+        return relative_confidence(torch.log_softmax(logits / temperature, -1))
     if relation == "prob_diff":
         return relative_confidence(torch.softmax(logits / temperature, -1))
-    if relation == "logit_diff":
-        return relative_confidence(logits)
     return torch.tanh(relative_confidence(logits) / kappa)
 
 
@@ -231,14 +126,16 @@ def relation_cosine(logits_s: Tensor, logits_t: Tensor, relation: str, temperatu
                     kappa: float) -> Tensor:
     """Per-sample cos(vec R_s, vec R_t) without building R for the two difference relations.
 
-    <R(a), R(b)>_F = 2C * sum_i (a_i - mean a)(b_i - mean b), so for prob_diff and logit_diff the
-    cosine is the Pearson correlation of the underlying vectors: O(B*C). The rank relation is
-    not a difference of per-class values, so its O(B*C^2) sums run in bounded-memory blocks.
+    <R(a), R(b)>_F = 2C * sum_i (a_i - mean a)(b_i - mean b), so for a difference relation the cosine
+    is the Pearson correlation of the underlying vectors: O(B*C). log_ratio's vectors are
+    log_softmax(z / T) = z / T - const, whose correlation is that of the raw logits. The rank
+    relation is not a difference of per-class values: its O(B*C^2) sums run in bounded-memory blocks.
     """
-    if relation == "prob_diff":
-        return softmax_pearson(logits_s, logits_t, temperature)
-    if relation == "logit_diff":
+    if relation == "log_ratio":
         return pearson(logits_s, logits_t)
+    if relation == "prob_diff":
+        return pearson(uniform_scaled_probabilities(logits_s, temperature),
+                       uniform_scaled_probabilities(logits_t, temperature))
     moments = _TanhRelationMoments.apply(logits_s, logits_t, kappa)
     return _cosine_from_moments(moments[:, 0], moments[:, 1], moments[:, 2])
 

@@ -9,7 +9,7 @@ from rckd.models.layers import Classifier, conv_bn
 from rckd.models.registry import register
 
 _WIDTHS = (64, 128, 256, 512, 512)
-_POOLED_GROUPS = 3  # 32 -> 4 pixels; a fourth pool would leave 2x2 (and 1x1 at 28x28)
+POOLED_GROUPS = 3  # 32 -> 4 pixels; a fourth pool would leave 2x2 (and 1x1 at 28x28)
 
 
 class VGG(Classifier):
@@ -20,7 +20,7 @@ class VGG(Classifier):
             for _ in range(convs_per_group):
                 layers.append(conv_bn(in_ch, width, 3, bias=True))
                 in_ch = width
-            if group < _POOLED_GROUPS:
+            if group < POOLED_GROUPS:
                 layers.append(nn.MaxPool2d(2, 2))
         super().__init__(layers, in_ch, num_classes)
 

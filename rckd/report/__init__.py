@@ -15,8 +15,8 @@ from typing import Any
 from rckd.errors import RckdError
 
 # The paper's column order; methods not listed here follow in alphabetical order.
-METHOD_ORDER = ("ce", "kd", "dkd", "dist", "rckd")
-METHOD_LABELS = {"ce": "Vanilla", "kd": "KD", "dkd": "DKD", "dist": "DIST", "rckd": "RCKD"}
+METHOD_ORDER = ("ce", "kd", "dkd", "dist", "kd_ls", "dkd_ls", "wttm", "rckd")
+METHOD_LABELS = {"ce": "Vanilla", "dist": "DIST", "wttm": "WTTM"}
 # summary.csv column of each --metric choice: the best epoch's test top-1 (as papers report) or the last's.
 TOP1_COLUMN = {"best": "best_top1", "final": "final_top1"}
 
@@ -25,7 +25,8 @@ Groups = dict[tuple[str, str, str], dict[str, list[Row]]]  # (teacher, student, 
 
 
 def method_label(method: str) -> str:
-    return METHOD_LABELS.get(method, method.upper())
+    """A method name as a column title: kd -> KD, and a variant of a loss, kd_ls -> KD+LS."""
+    return METHOD_LABELS.get(method, method.upper().replace("_", "+"))
 
 
 def ordered_methods(methods: Iterable[str]) -> list[str]:

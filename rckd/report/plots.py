@@ -29,8 +29,9 @@ from rckd.report import (TOP1_COLUMN, Row, Stat, distill_methods, distilled_pair
 from rckd.report.summary import parse_params, read_summary
 
 KINDS = ("curves", "capacity", "ablation")
-METHOD_COLORS = {"ce": "#7f7f7f", "kd": "#1f77b4", "dkd": "#ff7f0e", "dist": "#2ca02c", "rckd": "#d62728"}
-OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+METHOD_COLORS = {"ce": "#7f7f7f", "kd": "#1f77b4", "dkd": "#ff7f0e", "dist": "#2ca02c", "kd_ls": "#17becf",
+                 "dkd_ls": "#bcbd22", "wttm": "#8c564b", "rckd": "#d62728"}
+OTHER_COLORS = ("#9467bd", "#e377c2", "#aec7e8", "#ffbb78", "#98df8a")
 TAU_LABEL = "non-target Kendall τ-b to teacher"
 PAIRS_PER_ROW = 2
 ZOOM_FROM = 0.25  # top-1 curves: the y axis covers the values from this fraction of training on

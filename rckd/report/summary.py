@@ -61,8 +61,9 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return payload
 
 
-def run_row(experiment: str, run_dir: Path) -> dict[str, Any]:
-    """The summary row of one run directory."""
+def run_row(experiment: str, run_dir: Path, method: str | None = None) -> dict[str, Any]:
+    """The summary row of one run directory; `method` names its method column (a configured method
+    name such as kd_ls), else the loss method of its metrics.json."""
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
         raise RckdError(f"{run_dir} has no metrics.json: the run is not finished; train it first")
@@ -72,7 +73,7 @@ def run_row(experiment: str, run_dir: Path) -> dict[str, Any]:
         raise RckdError(f"{metrics_path} lacks {missing}: it was written by another rckd version; retrain the run")
     row: dict[str, Any] = {
         "experiment": experiment, "dataset": run_metrics["dataset"], "teacher": run_metrics["teacher_arch"] or "",
-        "student": run_metrics["arch"], "method": run_metrics["method"], "params": format_params(run_metrics["params"]),
+        "student": run_metrics["arch"], "method": method or run_metrics["method"], "params": format_params(run_metrics["params"]),
         **{key: run_metrics[key] for key in ("seed", "epochs", "num_params", "best_top1", "final_top1",
                                               "wall_seconds")},
         "run": str(run_dir),
@@ -81,14 +82,20 @@ def run_row(experiment: str, run_dir: Path) -> dict[str, Any]:
     eval_path = run_dir / "eval.json"
     evaluation = _read_json(eval_path, "evaluation") if eval_path.is_file() else {}
     row.update({key: evaluation.get(key, "") for key in EVAL_COLUMNS})
+    if run_metrics.get("source"):  # an imported teacher: no training history, its weights are the evaluated ones
+        row.update(best_top1=evaluation.get("top1", ""), final_top1=evaluation.get("top1", ""))
     return row
 
 
-def summarize(experiment: str, run_dirs: list[Path]) -> list[dict[str, Any]]:
-    """Rows of every run, sorted by teacher, student, method, params and seed."""
-    # A run shared by two roles (e.g. a vanilla student that is also a teacher) may be listed twice.
-    unique_dirs = {Path(run_dir).resolve(): Path(run_dir) for run_dir in reversed(run_dirs)}
-    rows = [run_row(experiment, run_dir) for run_dir in unique_dirs.values()]
+def summarize(experiment: str, run_dirs: list[Path], methods: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of every run, sorted by teacher, student, method, params and seed; `methods` (one per run
+    directory) names their method column."""
+    if methods is not None and len(methods) != len(run_dirs):
+        raise RckdError(f"--methods gives {len(methods)} names for {len(run_dirs)} --runs; give one per run")
+    named = list(zip(run_dirs, methods or [None] * len(run_dirs)))
+    # A run listed twice (e.g. by two roles) counts once.
+    unique_dirs = {Path(run_dir).resolve(): (Path(run_dir), method) for run_dir, method in reversed(named)}
+    rows = [run_row(experiment, run_dir, method) for run_dir, method in unique_dirs.values()]
     seen: dict[tuple, str] = {}
     for row in rows:
         identity = tuple(row[key] for key in IDENTITY)
@@ -135,11 +142,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", required=True, help="experiment name written into every row")
     parser.add_argument("--runs", required=True, nargs="+", type=Path, metavar="RUN_DIR",
                         help="run directories (each with metrics.json, and eval.json when evaluated)")
+    parser.add_argument("--methods", nargs="+", metavar="NAME",
+                        help="the method name of each run, in --runs order (default: its loss method)")
     parser.add_argument("--out", required=True, type=Path, help="summary.csv to write")
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = summarize(args.experiment, args.runs)
+    rows = summarize(args.experiment, args.runs, args.methods)
     write_csv(args.out, rows, COLUMNS)
     print(f"{args.out}: {len(rows)} runs", flush=True)
     return 0

@@ -31,7 +31,7 @@ from rckd.report import (TOP1_COLUMN, Groups, Row, Stat, distill_methods, distil
                          runs_of, stat, teacher_runs)
 from rckd.report.summary import parse_params, read_summary
 
-EXPERIMENTS = ("main", "capacity", "ablation")
+KINDS = ("main", "capacity", "sweep")  # a sweep varies one method's parameters (the ablation)
 METRIC_NAME = {"best": "best-epoch", "final": "final-epoch"}
 METRIC_NOTE = {
     "best": "Top-1: each run's highest test accuracy over its epochs (best epoch), as the papers report.",
@@ -452,13 +452,19 @@ def ablation_table(rows: list[Row], metric: str) -> Section:
 
 BUILDERS: dict[str, Callable[[list[Row], str], Section]] = {
     "capacity": capacity_table,
-    "ablation": ablation_table,
+    "sweep": ablation_table,
 }
 
 
+def kind_of(experiment: str) -> str:
+    """The kind an experiment has by its name: main and capacity are themselves, any other is a sweep."""
+    return experiment if experiment in KINDS[:2] else "sweep"
+
+
 def build_report(experiment: str, rows: list[Row], metric: str, published_path: Path | None,
-                 summary: Path) -> tuple[str, list[Row], list[Row]]:
+                 summary: Path, kind: str | None = None) -> tuple[str, list[Row], list[Row]]:
     """(table.md text, table.csv rows for `metric`, paired-comparison rows for `metric`)."""
+    kind = kind or kind_of(experiment)
     if not rows:
         raise RckdError(f"{summary} has no runs; check the --runs given to rckd summarize")
     dataset = single_dataset(rows, summary)
@@ -468,7 +474,7 @@ def build_report(experiment: str, rows: list[Row], metric: str, published_path: 
     csv_rows: list[Row] = []
     paired_rows: list[Row] = []
     for current in order:
-        if experiment == "main":
+        if kind == "main":
             section = main_table(rows, current, published)
             comparisons = paired_comparisons(rows, TOP1_COLUMN[current])
             parts = [section.markdown]
@@ -480,16 +486,17 @@ def build_report(experiment: str, rows: list[Row], metric: str, published_path: 
             if current == metric:
                 paired_rows = paired_csv_rows(comparisons, current)
         else:
-            section = BUILDERS[experiment](rows, current)
+            section = BUILDERS[kind](rows, current)
             sections.append(section.markdown)
         if current == metric:
             csv_rows = section.csv_rows
-    title = f"# {dataset}: {experiment} experiment\n\n{len(rows)} runs from the summary {summary}."
+    title = f"# {dataset}: {experiment} experiment ({kind})\n\n{len(rows)} runs from the summary {summary}."
     return "\n\n".join([title, *sections]) + "\n", csv_rows, paired_rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--experiment", required=True, choices=EXPERIMENTS)
+    parser.add_argument("--experiment", required=True, help="the experiment's name (the title of table.md)")
+    parser.add_argument("--kind", choices=KINDS, help="its kind (default: main and capacity by name, else sweep)")
     parser.add_argument("--summary", required=True, type=Path, help="summary.csv from rckd summarize")
     parser.add_argument("--published", type=Path,
                         help="published numbers (config/published.yaml); used where it has the data set")
@@ -502,10 +509,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.out_paired is not None and args.experiment != "main":
-        raise RckdError("--out-paired is only for --experiment main (the other tables have no RCKD-vs-KD pairs)")
+    kind = args.kind or kind_of(args.experiment)
+    if args.out_paired is not None and kind != "main":
+        raise RckdError("--out-paired is only for a main experiment (the other tables have no RCKD-vs-KD pairs)")
     rows = read_summary(args.summary)
-    markdown, csv_rows, paired_rows = build_report(args.experiment, rows, args.metric, args.published, args.summary)
+    markdown, csv_rows, paired_rows = build_report(args.experiment, rows, args.metric, args.published, args.summary,
+                                                   kind)
     write_text(args.out_md, markdown)
     write_csv(args.out_csv, csv_rows)
     if args.out_paired is not None:

@@ -1,6 +1,6 @@
 # Shared helpers: the runs each experiment needs, their directories, and the checks the JSON schema
-# cannot express (cross references between keys). It imports rckd for the loss defaults, the data
-# options and the run-name format, so that the DAG and the jobs agree on them.
+# cannot express (cross references between keys). Planning imports only rckd's torch-free modules
+# (the loss catalogue, the data options, the run-name format), so the DAG and the jobs agree on them.
 import shlex
 import sys
 from pathlib import Path
@@ -9,10 +9,11 @@ from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
 sys.path.insert(0, str(Path(workflow.basedir).resolve()))
-from rckd import losses  # the loss defaults decide which runs are the same run
-from rckd.data.datasets import resolve_options
+from rckd.data.options import resolve_options, view_count
 from rckd.errors import RckdError
-from rckd.report.summary import format_params
+from rckd.losses import catalog
+from rckd.report.summary import format_params, format_value
+from rckd.teachers import SOURCES
 
 DATASET = config["dataset"]
 RESULTS = f"{config['results']}/{DATASET}"
@@ -26,39 +27,50 @@ _python_dir = "" if USE_CONDA else f"export PATH={shlex.quote(str(Path(sys.execu
 # (braces doubled twice: once for this f-string, once for snakemake's own formatting of the prefix)
 shell.prefix(f"set -euo pipefail; {_python_dir}export PYTHONPATH={_checkout}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 ON_GPU = config["train"]["device"] != "cpu"
+EVAL_ON_GPU = config["evaluate"]["device"] != "cpu"
 RUN_PATTERN = r"[^/]+/[^/]+/[^/]+/[^/]+/seed\d+"
-
-
-wildcard_constraints:
-    run=RUN_PATTERN,
-    experiment="main|capacity|ablation",
+# Runs that training makes (all but imported teachers, whose tag is their source's name).
+TRAINED_RUN_PATTERN = rf"[^/]+/[^/]+/[^/]+/(?!(?:{'|'.join(SOURCES)})/)[^/]+/seed\d+"
+TEACHER_SOURCE = config["teachers"]["source"]
+TEACHER_EPOCHS = config["train"]["teacher_epochs"] or config["train"]["epochs"]
+# The main table and the capacity study are one experiment each; every other experiment is a sweep.
+KINDS = {"main": "main", "capacity": "capacity"}
+PLOT_KINDS = {"main": "curves", "capacity": "capacity", "sweep": "ablation"}
 
 
 def config_error(key, message):
     raise WorkflowError(f"config error at {key}: {message}")
 
 
-def changed_params(method, params):
-    """The parameters that differ from the loss defaults: they alone make a run differ."""
-    defaults = losses.defaults(method)
-    return {key: value for key, value in params.items() if defaults.get(key) != value}
+def kind_of(experiment):
+    return KINDS.get(experiment, "sweep")
 
 
 class Run:
-    """One training run: its identity is its directory, so changed parameters mean a new run."""
+    """One training run: its identity is its directory, so changed parameters mean a new run.
 
-    def __init__(self, student, method, teacher=None, params=None, seed=None):
+    A teacher is a run of its own: it may train longer (train.teacher_epochs) or be imported
+    (teachers.source), so the vanilla student of the same architecture never stands in for it.
+    """
+
+    def __init__(self, student, method="ce", teacher=None, params=None, seed=None, role="student"):
         self.student = student
         self.method = method
         self.teacher = teacher
-        self.params = changed_params(method, params or {})
+        self.params = catalog.changed(method, params or {})
         self.seed = config["teacher_seed"] if seed is None else seed
+        self.role = role
+        self.epochs = TEACHER_EPOCHS if role == "teacher" else config["train"]["epochs"]
+        self.imported = role == "teacher" and self.student in SOURCES.get(TEACHER_SOURCE, {})
 
     @property
     def name(self):
-        teacher = self.teacher or "none"
-        tag = format_params(self.params) or "default"
-        return f"{self.student}/{teacher}/{self.method}/{tag}/seed{self.seed}"
+        if self.imported:
+            tag = TEACHER_SOURCE  # no parameter string looks like this: it holds no "="
+        else:
+            longer = {"epochs": self.epochs} if self.epochs != config["train"]["epochs"] else {}
+            tag = format_params({**longer, **self.params}) or "default"
+        return f"{self.student}/{self.teacher or 'none'}/{self.method}/{tag}/seed{self.seed}"
 
     @property
     def dir(self):
@@ -66,72 +78,88 @@ class Run:
 
     @property
     def teacher_run(self):
-        return Run(self.teacher, "ce") if self.teacher else None
+        return teacher_run(self.teacher) if self.teacher else None
 
 
-def method_params(method, overrides=None):
-    """Global parameters of a method (config `methods`) updated by a pair's own."""
-    return {**config["methods"].get(method, {}), **(overrides or {})}
+def teacher_run(arch):
+    return Run(arch, role="teacher")
 
 
-def ablation_variants(spec):
+def method_variant(name, overrides=None):
+    """(loss method, parameters) of a configured method name (config `methods`) with a pair's own."""
+    spec = dict(config["methods"].get(name, {}))
+    loss = spec.pop("method", name)
+    if loss not in catalog.METHODS or loss == "ce":
+        config_error(f"methods.{name}", f"{loss!r} is not a distillation loss; set method: to one of "
+                     f"{', '.join(m for m in catalog.available() if m != 'ce')}")
+    return loss, {**spec, **(overrides or {})}
+
+
+def distilled(name, student, teacher, seed, overrides=None):
+    loss, params = method_variant(name, overrides)
+    return Run(student, loss, teacher, params, seed)
+
+
+def sweep_variants(spec):
     """One-factor-at-a-time sweep around `base`: each swept key takes each value, others stay at base."""
     variants = []
     for key, values in spec["sweep"].items():
         for value in values:
-            params = {**method_params("rckd"), **spec["base"], key: value}
+            params = {**spec.get("base", {}), key: value}
             if params not in variants:
                 variants.append(params)
     return variants
 
 
-def experiment_runs(name):
-    """Every run an experiment's tables need: teachers, vanilla students and distilled students."""
+def labelled_runs(name):
+    """[(method label, run)] of every run an experiment's tables need: teachers and vanilla students
+    ("ce"), and the distilled students under each configured method name."""
     spec = config["experiments"][name]
     seeds = config["seeds"]
-    runs = []
-    if name == "main":
-        teachers = spec["teachers"]
-        runs += [Run(teacher, "ce") for teacher in teachers]
-        for index, pair in enumerate(spec["pairs"]):
-            if pair["teacher"] not in teachers:
-                config_error(
-                    f"experiments.main.pairs[{index}].teacher",
-                    f"{pair['teacher']!r} is not one of experiments.main.teachers {teachers}; add it there",
-                )
-            for seed in seeds:
-                runs.append(Run(pair["student"], "ce", seed=seed))
+    kind = kind_of(name)
+    teachers = spec["teachers"] if kind in ("main", "capacity") else [spec["teacher"]]
+    runs = [("ce", teacher_run(teacher)) for teacher in teachers]
+    for seed in seeds:
+        if kind == "main":
+            for index, pair in enumerate(spec["pairs"]):
+                if pair["teacher"] not in teachers:
+                    config_error(f"experiments.main.pairs[{index}].teacher", f"{pair['teacher']!r} is not one of "
+                                 f"experiments.main.teachers {teachers}; add it there")
+                runs.append(("ce", Run(pair["student"], seed=seed)))
+                pair_params = pair.get("params", {})
                 for method in spec["methods"]:
-                    params = method_params(method, pair.get("params", {}).get(method))
-                    runs.append(Run(pair["student"], method, pair["teacher"], params, seed))
-    elif name == "capacity":
-        runs += [Run(teacher, "ce") for teacher in spec["teachers"]]
-        for seed in seeds:
-            runs.append(Run(spec["student"], "ce", seed=seed))
-            for teacher in spec["teachers"]:
-                for method in spec["methods"]:
-                    runs.append(Run(spec["student"], method, teacher, method_params(method), seed))
-    elif name == "ablation":
-        runs += [Run(spec["teacher"], "ce")]
-        for seed in seeds:
-            runs.append(Run(spec["student"], "ce", seed=seed))
-            for params in ablation_variants(spec):
-                runs.append(Run(spec["student"], "rckd", spec["teacher"], params, seed))
-    unique = {run.name: run for run in runs}
+                    runs.append((method, distilled(method, pair["student"], pair["teacher"], seed,
+                                                   pair_params.get(method))))
+        elif kind == "capacity":
+            runs.append(("ce", Run(spec["student"], seed=seed)))
+            runs += [(method, distilled(method, spec["student"], teacher, seed))
+                     for teacher in teachers for method in spec["methods"]]
+        else:
+            runs.append(("ce", Run(spec["student"], seed=seed)))
+            runs += [(spec["method"], distilled(spec["method"], spec["student"], spec["teacher"], seed, params))
+                     for params in sweep_variants(spec)]
+    labels = {}
+    for label, run in runs:
+        if labels.setdefault(run.name, label) != label:
+            config_error(f"experiments.{name}", f"methods {labels[run.name]!r} and {label!r} are the same run "
+                         f"{run.name}; give one of them other parameters or drop it")
+    unique = {run.name: (label, run) for label, run in runs}
     return list(unique.values())
 
 
+def experiment_runs(name):
+    return [run for _, run in labelled_runs(name)]
+
+
 EXPERIMENTS = [name for name, spec in config["experiments"].items() if spec.get("enabled", True)]
-RUNS = {run.name: run for name in EXPERIMENTS for run in experiment_runs(name)}
 try:
     resolve_options(DATASET, config["data"]["options"])
-except RckdError as err:
-    config_error("data.options", str(err))
-for _run in RUNS.values():  # bad parameter values stop the DAG here, not hours later in a job
-    try:
-        losses.build(_run.method, **_run.params)
-    except RckdError as err:
-        config_error(f"the {_run.method} parameters of run {_run.name}", str(err))
+    RUNS = {run.name: run for name in EXPERIMENTS for run in experiment_runs(name)}
+except RckdError as err:  # bad data options or loss parameters stop the DAG here, not hours later in a job
+    config_error("data.options or methods", str(err))
+if TEACHER_SOURCE != "train" and DATASET != "cifar100":
+    config_error("teachers.source", f"{TEACHER_SOURCE} teachers are CIFAR-100 models; use source: train "
+                 f"for {DATASET}")
 
 
 def deploy_runs():
@@ -147,22 +175,21 @@ def lr_for(arch):
     return config["train"]["lr_by_arch"].get(arch, config["train"]["lr"])
 
 
-def schedule_for(arch):
-    """(epochs, milestones) of an arch: epochs_by_arch stretches the milestones proportionally."""
+def schedule_for(run):
+    """(epochs, milestones) of a run: the milestones stretch in proportion to its epochs."""
     train = config["train"]
-    epochs = train["epochs_by_arch"].get(arch, train["epochs"])
-    milestones = [round(m * epochs / train["epochs"]) for m in train["milestones"]]
+    milestones = [round(m * run.epochs / train["epochs"]) for m in train["milestones"]]
     if any(m < 1 for m in milestones) or len(set(milestones)) != len(milestones):
-        config_error(f"train.epochs_by_arch.{arch}", f"{epochs} epochs squeeze the milestones "
-                     f"{train['milestones']} into {milestones}; give it more epochs or fewer milestones")
-    return epochs, milestones
+        config_error("train.teacher_epochs", f"{run.epochs} epochs squeeze the milestones {train['milestones']} "
+                     f"into {milestones}; give it more epochs or fewer milestones")
+    return run.epochs, milestones
 
 
 def train_args(wildcards):
     """The `rckd train` arguments of one run, all explicit so the log shows exactly what ran."""
     run = RUNS[wildcards.run]
     train = config["train"]
-    epochs, milestones = schedule_for(run.student)
+    epochs, milestones = schedule_for(run)
     args = [
         f"--arch {run.student}",
         f"--method {run.method}",
@@ -183,9 +210,12 @@ def train_args(wildcards):
         f"--gpu-slots {train['jobs_per_gpu'] if ON_GPU else 0}",
     ]
     args.append(data_options_args())
-    args += [f"--param {key}={value}" for key, value in sorted(run.params.items())]
+    args += [f"--param {key}={format_value(value)}" for key, value in sorted(run.params.items())]
     if run.teacher_run:
         args.append(f"--teacher {run.teacher_run.dir}/model.pt")
+    if bank_path(run):
+        args.append(f"--teacher-bank {bank_path(run)}")
+        args += ["--bank-fallback"] if config["train"]["teacher_bank"] == "auto" else []
     return " ".join(args)
 
 
@@ -203,7 +233,7 @@ def all_outputs():
     return outputs
 
 
-def train_inputs(wildcards):
+def teacher_inputs(wildcards):
     """The data cache and, for a distilled student, its teacher's model."""
     run = RUNS[wildcards.run]
     inputs = {"data": DATA_CACHE}
@@ -212,16 +242,20 @@ def train_inputs(wildcards):
     return inputs
 
 
+def train_inputs(wildcards):
+    """teacher_inputs and, for a banked student, its teacher's logit bank."""
+    bank = bank_path(RUNS[wildcards.run])
+    return {**teacher_inputs(wildcards), **({"bank": bank} if bank else {})}
+
+
 def evaluate_inputs(wildcards):
-    return {**train_inputs(wildcards), "model": f"{RUNS[wildcards.run].dir}/model.pt"}
-
-
-PLOT_KINDS = {"main": "curves", "capacity": "capacity", "ablation": "ablation"}
+    return {**teacher_inputs(wildcards), "model": f"{RUNS[wildcards.run].dir}/model.pt"}
 
 
 def experiment_outputs(name):
     folder = f"{RESULTS}/{name}"
-    return [f"{folder}/summary.csv", f"{folder}/table.md", f"{folder}/table.csv", f"{folder}/{PLOT_KINDS[name]}.png"]
+    plot = PLOT_KINDS[kind_of(name)]
+    return [f"{folder}/summary.csv", f"{folder}/table.md", f"{folder}/table.csv", f"{folder}/{plot}.png"]
 
 
 def summary_inputs(wildcards):
@@ -229,5 +263,28 @@ def summary_inputs(wildcards):
     return [f"{run.dir}/{name}" for run in runs for name in ("metrics.json", "eval.json")]
 
 
-for _arch in sorted({run.student for run in RUNS.values()}):  # stretched schedules are checked up front
-    schedule_for(_arch)
+for _run in RUNS.values():  # stretched schedules are checked up front
+    schedule_for(_run)
+IMPORTS = sorted({run.student for run in RUNS.values() if run.imported})
+
+
+def bank_plan():
+    """{teacher run name: whether its students read a logit bank}. train.teacher_bank auto weighs cost:
+    a bank is BANK_VIEWS teacher passes over the training set, once; the live teacher is one pass per
+    epoch of each of its students. (Whether the bank fits in memory is decided by each job: --bank-fallback.)"""
+    policy = config["train"]["teacher_bank"]
+    student_epochs = {}
+    for run in RUNS.values():
+        if run.teacher_run:
+            student_epochs[run.teacher_run.name] = student_epochs.get(run.teacher_run.name, 0) + run.epochs
+    return {name: policy == "on" or (policy == "auto" and epochs > BANK_VIEWS)
+            for name, epochs in student_epochs.items()}
+
+
+BANK_VIEWS = view_count()  # crop offsets x flips of the trainer's padding
+BANKED = bank_plan()
+
+
+def bank_path(run):
+    """The logit bank a distilled run reads, or None when it runs its teacher live."""
+    return f"{run.teacher_run.dir}/bank.pt" if run.teacher_run and BANKED[run.teacher_run.name] else None

@@ -9,6 +9,7 @@ rule evaluate:
         batch_size=config["evaluate"]["batch_size"],
         device=config["evaluate"]["device"],
         options=data_options_args(),
+        slots=config["train"]["jobs_per_gpu"] if EVAL_ON_GPU else 0,
     log:
         f"{LOGS}/evaluate/{{run}}.log",
     benchmark:
@@ -19,7 +20,9 @@ rule evaluate:
     resources:
         mem_mb=8000,
         runtime=30,
+        gpu=1 if EVAL_ON_GPU else 0,
     shell:
         "python -m rckd evaluate --model {input.model} {params.teacher} --data-root {params.root} "
-        "--batch-size {params.batch_size} --device {params.device} {params.options} --threads {threads} "
+        "--batch-size {params.batch_size} --device {params.device} --gpu-slots {params.slots} {params.options} "
+        "--threads {threads} "
         "--out {output} > {log} 2>&1"

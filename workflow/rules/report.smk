@@ -9,7 +9,8 @@ rule summarize:
             labels={"experiment": "{experiment}", "output": "summary"},
         ),
     params:
-        runs=lambda wildcards: " ".join(run.dir for run in experiment_runs(wildcards.experiment)),
+        runs=lambda wildcards: " ".join(run.dir for _, run in labelled_runs(wildcards.experiment)),
+        methods=lambda wildcards: " ".join(label for label, _ in labelled_runs(wildcards.experiment)),
     log:
         f"{LOGS}/summarize/{{experiment}}.log",
     benchmark:
@@ -21,7 +22,8 @@ rule summarize:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m rckd summarize --experiment {wildcards.experiment} --runs {params.runs} --out {output} > {log} 2>&1"
+        "python -m rckd summarize --experiment {wildcards.experiment} --runs {params.runs} "
+        "--methods {params.methods} --out {output} > {log} 2>&1"
 
 
 rule table:
@@ -41,6 +43,8 @@ rule table:
             category="{experiment}",
             labels={"experiment": "{experiment}", "output": "table"},
         ),
+    params:
+        kind=lambda wildcards: kind_of(wildcards.experiment),
     log:
         f"{LOGS}/table/{{experiment}}.log",
     benchmark:
@@ -52,7 +56,7 @@ rule table:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m rckd table --experiment {wildcards.experiment} --summary {input.summary} "
+        "python -m rckd table --experiment {wildcards.experiment} --kind {params.kind} --summary {input.summary} "
         "--published {input.published} --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
 
 

@@ -9,6 +9,8 @@ rule train:
     params:
         args=train_args,
         out=lambda wildcards: RUNS[wildcards.run].dir,
+    wildcard_constraints:
+        run=TRAINED_RUN_PATTERN,
     log:
         f"{LOGS}/train/{{run}}.log",
     benchmark:
@@ -22,3 +24,59 @@ rule train:
         gpu=1 if ON_GPU else 0,
     shell:
         "python -m rckd train {params.args} --threads {threads} --out {params.out} > {log} 2>&1"
+
+
+# Published teachers (config teachers.source) are imported, not trained; `rckd evaluate` then
+# measures them like any run.
+rule import_teacher:
+    input:
+        archive=config["teachers"]["archive"],
+    output:
+        model=f"{RESULTS}/runs/{{arch}}/none/ce/{TEACHER_SOURCE}/seed{{seed}}/model.pt",
+        metrics=f"{RESULTS}/runs/{{arch}}/none/ce/{TEACHER_SOURCE}/seed{{seed}}/metrics.json",
+    wildcard_constraints:
+        arch="|".join(IMPORTS) or "no-imports",
+    params:
+        source=TEACHER_SOURCE,
+    log:
+        f"{LOGS}/import_teacher/{{arch}}-seed{{seed}}.log",
+    benchmark:
+        f"{LOGS}/benchmark/import_teacher/{{arch}}-seed{{seed}}.tsv"
+    conda:
+        "../../envs/rckd.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "python -m rckd import-teacher --source {params.source} --arch {wildcards.arch} --archive {input.archive} "
+        "--out {output.model} --metrics {output.metrics} > {log} 2>&1"
+
+
+# A teacher's logits under every augmentation view, shared by all its students (train.teacher_bank).
+rule teacher_bank:
+    input:
+        teacher=f"{RESULTS}/runs/{{run}}/model.pt",
+        data=DATA_CACHE,
+    output:
+        f"{RESULTS}/runs/{{run}}/bank.pt",
+    params:
+        dataset=DATASET,
+        root=lambda wildcards, input: os.path.dirname(input.data),
+        options=data_options_args(),
+        device=config["train"]["device"],
+        slots=config["train"]["jobs_per_gpu"] if ON_GPU else 0,
+    log:
+        f"{LOGS}/teacher_bank/{{run}}.log",
+    benchmark:
+        f"{LOGS}/benchmark/teacher_bank/{{run}}.tsv"
+    conda:
+        "../../envs/rckd.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=config["train"]["mem_mb"],
+        runtime=config["train"]["runtime"],
+        gpu=1 if ON_GPU else 0,
+    shell:
+        "python -m rckd bank --teacher {input.teacher} --dataset {params.dataset} --data-root {params.root} {params.options} "
+        "--device {params.device} --gpu-slots {params.slots} --threads {threads} --out {output} > {log} 2>&1"

@@ -1,0 +1,74 @@
+"""Data set names and options, checked without torch: the workflow validates them while it plans.
+
+`synthetic` takes the options of `SyntheticOptions`; the other data sets take none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from rckd.errors import RckdError
+
+DATASETS = ("cifar100", "fashion_mnist", "synthetic")
+PADDING = 4  # the training crop's zero padding (the standard CIFAR recipe), for every data set
+
+
+def view_count(padding: int = PADDING) -> int:
+    """Distinct views of crop-with-padding + flip: (2p + 1)^2 offsets x 2 flips (162 for p = 4)."""
+    return 2 * (2 * padding + 1) ** 2
+
+
+@dataclass(frozen=True)
+class SyntheticOptions:
+    num_superclasses: int = 10
+    classes_per_superclass: int = 10
+    train_per_class: int = 100
+    test_per_class: int = 20
+    seed: int = 0
+    difficulty: float = 1.0
+    image_size: int = 32  # smaller images make the CPU demo fast (16: 4x fewer pixels)
+
+    @property
+    def max_shift(self) -> int:
+        """Samples are cropped from a canvas this much larger on every side (4 px at 32x32)."""
+        return max(1, self.image_size // 8)
+
+    @property
+    def canvas(self) -> int:
+        return self.image_size + 2 * self.max_shift
+
+
+_MAY_BE_ZERO = ("seed", "difficulty")
+
+
+def make_options(values: dict[str, Any]) -> SyntheticOptions:
+    """Checked options from user values (e.g. `--data-option difficulty=2`); defaults fill the rest."""
+    defaults = dataclasses.asdict(SyntheticOptions())
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise RckdError(f"unknown synthetic option(s) {unknown}; choose from: {', '.join(defaults)}")
+    checked = {}
+    for key, default in defaults.items():
+        value = values.get(key, default)
+        if isinstance(default, float) and type(value) is int:
+            value = float(value)
+        lowest = 0 if key in _MAY_BE_ZERO else 8 if key == "image_size" else 1
+        if type(value) is not type(default) or value < lowest:
+            raise RckdError(f"synthetic option {key} must be {type(default).__name__} >= {lowest}, got {value!r}")
+        checked[key] = value
+    return SyntheticOptions(**checked)
+
+
+
+
+def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Every option of data set `name` with defaults filled in, checked; a cache records these."""
+    if name not in DATASETS:
+        raise RckdError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
+    if name != "synthetic":
+        if options:
+            raise RckdError(f"data set {name} takes no options, got {sorted(options)}")
+        return {}
+    return dataclasses.asdict(make_options(options))

@@ -1,0 +1,43 @@
+"""`rckd import-teacher`: published teachers as rckd model files, offline.
+
+    python -m rckd import-teacher --source mdistiller --arch resnet32x4 \
+        --archive data/cifar_teachers.tar --out results/cifar100/teachers/resnet32x4/model.pt
+
+`SOURCES` (plain data, no torch: the workflow plans with it) lists, per source, the architectures
+whose released checkpoints it imports and their member in the source's archive. The import itself
+lives in one module per source (`rckd.teachers.mdistiller`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+# mdistiller's release `cifar_teachers.tar` (also RepDistiller's teachers): <name>_vanilla/ckpt_epoch_240.pth.
+MDISTILLER_ARCHIVE_URL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
+SOURCES: dict[str, dict[str, str]] = {
+    "mdistiller": {
+        arch: f"cifar_teachers/{name}_vanilla/ckpt_epoch_240.pth"
+        for arch, name in {"resnet56": "resnet56", "resnet110": "resnet110", "resnet32x4": "resnet32x4",
+                           "resnet50": "ResNet50", "wrn_40_2": "wrn_40_2", "vgg13": "vgg13"}.items()
+    },
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", required=True, choices=sorted(SOURCES), help="whose checkpoint layout")
+    parser.add_argument("--arch", required=True, help="our architecture name, e.g. resnet32x4 or resnet50")
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--archive", type=Path, help=f"the source's release archive ({MDISTILLER_ARCHIVE_URL})")
+    given.add_argument("--checkpoint", type=Path, help="one checkpoint file (.pth) in the source's key layout")
+    parser.add_argument("--out", required=True, type=Path, help="model.pt to write")
+    parser.add_argument("--metrics", type=Path, help="also write the run's metrics.json here (the workflow does)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rckd.teachers import mdistiller
+
+    record = mdistiller.import_teacher(args.arch, args.out, archive=args.archive, checkpoint=args.checkpoint,
+                                       metrics_path=args.metrics)
+    print(f"{args.out}: {args.arch} from {record['source_file']} ({record['num_tensors']} tensors)", flush=True)
+    return 0

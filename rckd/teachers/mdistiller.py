@@ -1,0 +1,210 @@
+"""mdistiller / RepDistiller CIFAR-100 checkpoints -> rckd model files, mapped key by key by name.
+
+Their files are `{"model": state_dict, "epoch": int, "accuracy": tensor, "optimizer": ...}` dicts whose
+state-dict names follow mdistiller's `mdistiller/models/cifar/{resnet,resnetv2,wrn,vgg}.py`. Our zoo
+holds the same tensors in the same order, under other names; the rules below translate each of their
+names from the public layout, so a missing, extra or mis-shaped tensor is an error naming the key.
+The file is read with `torch.load(weights_only=True)`: tensors, containers and the numpy scalars their
+optimizer state holds, nothing that can run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from rckd import __version__, models
+from rckd.checkpoint import save_model
+from rckd.data.datasets import CIFAR100_CLASSES, CIFAR100_MEAN, CIFAR100_STD
+from rckd.errors import RckdError
+from rckd.io import write_json
+from rckd.teachers import MDISTILLER_ARCHIVE_URL, SOURCES
+
+# Their optimizer state holds numpy float64 learning rates; numpy 1.x pickles name the scalar
+# constructor numpy.core.multiarray.scalar, numpy 2 numpy._core.multiarray.scalar.
+_NUMPY_GLOBALS = [np._core.multiarray.scalar, (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+                  np.dtype, np.dtypes.Float64DType, np.dtypes.Int64DType, np.dtypes.Float32DType]
+_SUFFIX = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+
+
+def read_file(archive: Path | None, checkpoint: Path | None, arch: str) -> tuple[bytes, str]:
+    """(bytes of the checkpoint, where it came from): one .pth file, or arch's member of the archive."""
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            raise RckdError(f"checkpoint {checkpoint} not found")
+        return checkpoint.read_bytes(), str(checkpoint)
+    if archive is None or not archive.is_file():
+        raise RckdError(f"teacher archive {archive} not found; download it (no other step needs the network):\n"
+                        f"  curl -L -o {archive} {MDISTILLER_ARCHIVE_URL}")
+    member = SOURCES["mdistiller"].get(arch)
+    if member is None:
+        raise RckdError(f"mdistiller's archive has no {arch} teacher; it has: {', '.join(SOURCES['mdistiller'])}")
+    try:
+        with tarfile.open(archive) as tar:
+            handle = tar.extractfile(member)
+            if handle is None:
+                raise KeyError(member)
+            return handle.read(), f"{archive}:{member}"
+    except KeyError:
+        raise RckdError(f"{archive} has no member {member}; is it mdistiller's cifar_teachers.tar?") from None
+    except (tarfile.TarError, OSError) as err:
+        raise RckdError(f"{archive} is not a readable tar archive ({err}); download it again") from None
+
+
+def load_state_dict(raw: bytes, where: str) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint, loaded without running any pickled code."""
+    try:
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for a forbidden global; others for corrupt files
+        first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise RckdError(f"{where} cannot be loaded safely ({type(err).__name__}: {first_line}); rckd loads "
+                        f"weights only and never runs code from a checkpoint") from None
+    state = payload.get("model", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RckdError(f"{where} holds no state dict (a dict of tensors, or one under 'model')")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def _blocks_per_stage(names: list[str], pattern: str) -> dict[int, int]:
+    """{stage: number of blocks} read off their names, e.g. `layer2.4.conv1.weight` -> stage 2 has >= 5."""
+    counts: dict[int, int] = {}
+    for name in names:
+        match = re.match(pattern, name)
+        if match:
+            stage, block = int(match[1]), int(match[2])
+            counts[stage] = max(counts.get(stage, 0), block + 1)
+    return counts
+
+
+def _block_offsets(counts: dict[int, int]) -> dict[int, int]:
+    """Index in our flat `features` of each stage's first block (features.0 is the stem)."""
+    offsets, index = {}, 1
+    for stage in sorted(counts):
+        offsets[stage], index = index, index + counts[stage]
+    return offsets
+
+
+def _resnet_rules(names: list[str]) -> Callable[[str], str | None]:
+    """resnet.py (resnet20...resnet32x4) and resnetv2.py (ResNet50): conv1/bn1 stem, layer{s}.{b} blocks
+    of conv{j}/bn{j} and a downsample (resnet.py) or shortcut (resnetv2.py) projection, fc or linear."""
+    offsets = _block_offsets(_blocks_per_stage(names, r"layer(\d+)\.(\d+)\."))
+
+    def rename(name: str) -> str | None:
+        if match := re.fullmatch(rf"(conv|bn)1\.{_SUFFIX}", name):
+            return f"features.0.{0 if match[1] == 'conv' else 1}.{match[2]}"
+        if match := re.fullmatch(rf"layer(\d+)\.(\d+)\.(conv|bn)(\d)\.{_SUFFIX}", name):
+            block = offsets[int(match[1])] + int(match[2])
+            return f"features.{block}.residual.{int(match[4]) - 1}.{0 if match[3] == 'conv' else 1}.{match[5]}"
+        if match := re.fullmatch(rf"layer(\d+)\.(\d+)\.(?:downsample|shortcut)\.([01])\.{_SUFFIX}", name):
+            return f"features.{offsets[int(match[1])] + int(match[2])}.shortcut.{match[3]}.{match[4]}"
+        if match := re.fullmatch(rf"(?:fc|linear)\.{_SUFFIX}", name):
+            return f"head.2.{match[1]}"
+        return None
+
+    return rename
+
+
+def _wrn_rules(names: list[str]) -> Callable[[str], str | None]:
+    """wrn.py: conv1 stem, block{s}.layer.{b} pre-activation blocks (convShortcut projection), final bn1, fc."""
+    counts = _blocks_per_stage(names, r"block(\d+)\.layer\.(\d+)\.")
+    offsets = _block_offsets(counts)
+    final_bn = 1 + sum(counts.values())
+
+    def rename(name: str) -> str | None:
+        if name == "conv1.weight":
+            return "features.0.weight"
+        if match := re.fullmatch(rf"block(\d+)\.layer\.(\d+)\.(bn1|conv1|bn2|conv2|convShortcut)\.{_SUFFIX}", name):
+            part = "projection" if match[3] == "convShortcut" else match[3]
+            return f"features.{offsets[int(match[1])] + int(match[2])}.{part}.{match[4]}"
+        if match := re.fullmatch(rf"bn1\.{_SUFFIX}", name):
+            return f"features.{final_bn}.{match[1]}"
+        if match := re.fullmatch(rf"fc\.{_SUFFIX}", name):
+            return f"head.2.{match[1]}"
+        return None
+
+    return rename
+
+
+def _vgg_rules(names: list[str]) -> Callable[[str], str | None]:
+    """vgg.py: block{g} = [conv, bn, relu] * n without the last relu (conv at 3i, bn at 3i+1), classifier.
+    Ours has a max pool after each of the first POOLED_GROUPS groups, so group g starts further on."""
+    from rckd.models.vgg import POOLED_GROUPS
+
+    convs = _blocks_per_stage(names, r"block(\d+)\.(\d+)\.")  # highest index + 1 = 3 n - 1
+    starts, index = {}, 0
+    for group in sorted(convs):
+        starts[group] = index
+        index += (convs[group] + 1) // 3 + (1 if group < POOLED_GROUPS else 0)
+
+    def rename(name: str) -> str | None:
+        if match := re.fullmatch(rf"block(\d+)\.(\d+)\.{_SUFFIX}", name):
+            conv, part = divmod(int(match[2]), 3)
+            return f"features.{starts[int(match[1])] + conv}.{part}.{match[3]}" if part < 2 else None
+        if match := re.fullmatch(rf"classifier\.{_SUFFIX}", name):
+            return f"head.2.{match[1]}"
+        return None
+
+    return rename
+
+
+_FAMILIES = {"resnet": _resnet_rules, "wrn": _wrn_rules, "vgg": _vgg_rules}
+
+
+def translate(arch: str, state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Their state dict under our names, checked against `model` tensor by tensor."""
+    family = next((rules for prefix, rules in _FAMILIES.items() if arch.startswith(prefix)), None)
+    if family is None:
+        raise RckdError(f"no mdistiller key layout is known for {arch}; importable families: resnet*, wrn_*, vgg*")
+    rename = family(list(state))
+    ours = model.state_dict()
+    translated: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        target = rename(name)
+        if target is None or target not in ours:
+            raise RckdError(f"checkpoint tensor {name!r} has no place in our {arch} (mapped to {target!r}); "
+                            f"is the checkpoint a {arch}?")
+        if tensor.shape != ours[target].shape:
+            raise RckdError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, our {arch} needs "
+                            f"{tuple(ours[target].shape)} at {target}; is the checkpoint a {arch}?")
+        translated[target] = tensor.to(ours[target].dtype)
+    missing = [name for name in ours if name not in translated]
+    if missing:
+        raise RckdError(f"the checkpoint lacks {len(missing)} tensor(s) our {arch} needs, e.g. {missing[0]!r}; "
+                        f"is it a complete {arch} checkpoint?")
+    return translated
+
+
+def import_teacher(arch: str, out: Path, *, archive: Path | None = None, checkpoint: Path | None = None,
+                   metrics_path: Path | None = None) -> dict[str, Any]:
+    """Write `out` (an rckd model.pt for CIFAR-100) from mdistiller's checkpoint of `arch`."""
+    if arch not in models.available():
+        raise RckdError(f"unknown arch {arch!r}; available: {', '.join(models.available())}")
+    raw, where = read_file(archive, checkpoint, arch)
+    state = load_state_dict(raw, where)
+    model = models.build(arch, num_classes=len(CIFAR100_CLASSES), in_channels=3)
+    model.load_state_dict(translate(arch, state, model))
+    record = {"source": "mdistiller", "source_file": where, "source_sha256": hashlib.sha256(raw).hexdigest(),
+              "num_tensors": len(state)}
+    meta = {
+        "arch": arch, "num_classes": len(CIFAR100_CLASSES), "in_channels": 3, "input_size": [3, 32, 32],
+        "dataset": "cifar100", "data_options": {}, "mean": list(CIFAR100_MEAN), "std": list(CIFAR100_STD),
+        "classes": list(CIFAR100_CLASSES), "method": "ce", "params": {}, "teacher": None, "teacher_arch": None,
+        "seed": 0, "epochs": 240, "final_top1": None, "best_top1": None, "best_epoch": None,
+        "rckd_version": __version__, **record,
+    }
+    save_model(out, model, meta)
+    if metrics_path is not None:
+        write_json(metrics_path, {
+            "arch": arch, "dataset": "cifar100", "method": "ce", "params": {}, "teacher": None, "teacher_arch": None,
+            "seed": 0, "epochs": 240, "num_params": sum(p.numel() for p in model.parameters()),
+            "best_top1": None, "final_top1": None, "wall_seconds": 0.0, **record,
+        })
+    return record
