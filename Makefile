@@ -8,7 +8,7 @@ CORES ?= 2
 GPU_SLOTS ?= 2
 SNAKEMAKE := $(BIN)/snakemake --cores $(CORES)
 
-.PHONY: demo test paper fashion report lint dry-run clean system-packages
+.PHONY: demo test paper fashion report lint dry-run clean system-packages gpu-check
 # Debian packages the test suite uses: the real-image data set (Fashion-MNIST).
 DEBIAN_PACKAGES := dataset-fashion-mnist
 
@@ -43,6 +43,9 @@ fashion: $(VENV)/.installed  ## the main experiment on Fashion-MNIST (GPU)
 
 report: $(VENV)/.installed  ## report.html of the default config's results
 	$(SNAKEMAKE) --report results/cifar100/report.html
+
+gpu-check:  ## the GPU acceptance command (one CUDA GPU; needs torch and onnxruntime, not snakemake)
+	bash benchmarks/gpu_check.sh
 
 lint: $(VENV)/.installed
 	$(BIN)/snakemake --lint

@@ -33,6 +33,17 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/deploy.smk"
 
 
+# Small jobs stay on the submitting host under a cluster executor: the data download (compute nodes
+# are often offline), the teacher import, the summaries, tables and plots.
+localrules:
+    all,
+    prepare_data,
+    import_teacher,
+    summarize,
+    table,
+    plot,
+
+
 rule all:
     input:
         all_outputs(),

@@ -3,7 +3,7 @@
     python benchmarks/train_speed.py [--device auto|cpu|cuda] [--steps N] [--smoke] [--out results.json]
 
 In one process, on the same device and the same synthetic CIFAR-shaped data (32x32 RGB, 100
-classes), with the same teacher -> student pair, batch 64, and each of the losses kd and rckd:
+classes), resnet32x4 -> resnet8x4, batch 64, and each of the losses kd and rckd:
 
 (a) classic: the loop of the usual CIFAR KD code bases: a Dataset of PIL images with torchvision
     transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize), a
@@ -12,16 +12,19 @@ classes), with the same teacher -> student pair, batch 64, and each of the losse
 (b) trainer: `rckd.train.train` itself (on CUDA: bf16, channels_last, CUDA graphs), its ms/step
     taken from history.csv: the median epoch time of every epoch but the first (compilation and
     warm-up) over the steps per epoch. The test split is 100 images, so the per-epoch evaluation
-    adds at most about one step's time to an epoch.
+    adds at most about one step's time to an epoch. Three trainer rows: the vanilla student (ce,
+    no teacher: the floor), the live teacher, and the teacher logit bank (`rckd.bank`; the lookup
+    costs the same whatever the teacher, so on the CPU the bank is one of a resnet8 teacher, built
+    in seconds, and the ratio bank / vanilla is the number of interest).
 
 Then 1, 2 and 4 trainer runs (`rckd`, each its own process, all on the one device) are started
 together; their epoch lines are timestamped as they are printed, and the aggregate throughput is
 the steps all runs complete in the window where every run is past its first epoch and none has
 finished.
 
-On a GPU the pair is resnet32x4 -> resnet8x4. On the CPU (or with --smoke) a smoke version runs:
-resnet20 -> resnet8, fewer images and steps, 1 and 2 concurrent runs, 1 torch thread per process.
-Times are wall-clock. Prints markdown tables; --out also writes them as JSON.
+On the CPU (or with --smoke) a smoke version runs: 400 images, fewer steps, 1 and 2 concurrent
+runs, 1 torch thread per process. Times are wall-clock. Prints markdown tables; --out also writes
+them as JSON.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from rckd import __version__, data, losses, models
+from rckd import __version__, bank, data, losses, models
 from rckd.checkpoint import load_model, save_model
 from rckd.io import write_json
 from rckd.train import TrainConfig, train
@@ -77,18 +80,19 @@ class Setup:
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(100 * self.train_per_class / BATCH_SIZE)
+        return 100 * self.train_per_class // BATCH_SIZE  # the trainer drops a short last batch
 
     @property
     def data_options(self) -> dict[str, int]:
         return {"train_per_class": self.train_per_class, "test_per_class": 1}
 
 
-# 12800 images: 200 full batches per epoch (CUDA graphs see one training shape), so the per-epoch
-# evaluation of the 100 test images is under 1% of an epoch.
+# 12800 images: 200 full batches per epoch, so the per-epoch evaluation of the 100 test images is
+# under 1% of an epoch.
 GPU = Setup("gpu", "resnet32x4", "resnet8x4", 128, 600, 20, (1, 2, 4), 20.0)
-# 1600 images: 25 batches per epoch; resnet20 -> resnet8 steps take ~0.1 s on one CPU thread.
-SMOKE = Setup("cpu smoke", "resnet20", "resnet8", 16, 50, 3, (1, 2), 4.0)
+# 400 images: 6 batches per epoch of about a second each on one CPU thread.
+SMOKE = Setup("cpu smoke", "resnet32x4", "resnet8x4", 4, 12, 2, (1, 2), 8.0)
+BANK_TEACHER_ON_CPU = "resnet8"  # a cheap teacher to bank on the CPU: lookups cost the same for any teacher
 
 
 class PilImages(Dataset):
@@ -163,12 +167,12 @@ def classic_ms_per_step(setup: Setup, method: str, split: data.Split, teacher_pa
         torch.backends.cudnn.benchmark = benchmark_before
 
 
-def trainer_config(setup: Setup, method: str, data_root: Path, teacher_path: Path, out: Path,
-                   device: torch.device, epochs: int) -> TrainConfig:
+def trainer_config(setup: Setup, method: str, data_root: Path, teacher_path: Path | None, out: Path,
+                   device: torch.device, epochs: int, teacher_bank: Path | None = None) -> TrainConfig:
     return TrainConfig(
         arch=setup.student_arch, dataset="synthetic", data_root=data_root, out=out, method=method,
         teacher=teacher_path, data_options=setup.data_options, epochs=epochs, batch_size=BATCH_SIZE,
-        milestones=(), device=str(device), checkpoint_every=epochs,
+        milestones=(), device=str(device), checkpoint_every=epochs, teacher_bank=teacher_bank,
     )
 
 
@@ -187,8 +191,8 @@ def run_worker(config_path: Path) -> int:
     """--worker mode: one trainer run from a JSON TrainConfig; its epoch lines go to stdout."""
     fields = json.loads(config_path.read_text())
     torch.set_num_threads(fields.pop("threads"))
-    for key in ("data_root", "out", "teacher"):
-        fields[key] = Path(fields[key])
+    for key in ("data_root", "out", "teacher", "teacher_bank"):
+        fields[key] = Path(fields[key]) if fields[key] is not None else None
     fields["milestones"] = tuple(fields["milestones"])
     train(TrainConfig(**fields))
     return 0
@@ -200,7 +204,8 @@ def start_workers(configs: list[TrainConfig], threads: int, workdir: Path) -> li
     processes = []
     for index, config in enumerate(configs):
         fields = {**asdict(config), "threads": threads}
-        fields.update({key: str(fields[key]) for key in ("data_root", "out", "teacher")})
+        fields.update({key: str(fields[key]) if fields[key] is not None else None
+                       for key in ("data_root", "out", "teacher", "teacher_bank")})
         path = workdir / f"worker{index}.json"
         path.write_text(json.dumps(fields))
         processes.append(subprocess.Popen([sys.executable, __file__, "--worker", str(path)],
@@ -270,11 +275,13 @@ def machine(device: torch.device) -> str:
 
 
 def speed_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| loop | method | ms/step | speed-up vs classic |", "|---|---|---:|---:|"]
+    lines = ["| loop | teacher | method | ms/step | speed-up vs classic | vs vanilla student |", "|---|---|---|---:|---:|---:|"]
     classic = {row["method"]: row["ms_per_step"] for row in rows if row["loop"] == "classic"}
+    vanilla = next(row["ms_per_step"] for row in rows if row["method"] == "ce")
     for row in rows:
-        lines.append(f"| {row['loop']} | {row['method']} | {row['ms_per_step']:.1f} | "
-                     f"{classic[row['method']] / row['ms_per_step']:.2f} |")
+        versus = f"{classic[row['method']] / row['ms_per_step']:.2f}" if row["method"] in classic else ""
+        lines.append(f"| {row['loop']} | {row['teacher']} | {row['method']} | {row['ms_per_step']:.1f} | {versus} | "
+                     f"{row['ms_per_step'] / vanilla:.2f} |")
     return "\n".join(lines)
 
 
@@ -319,33 +326,55 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="train_speed_") as tmp:
         workdir = Path(tmp)
         data_root = workdir / "data"
-        data.prepare("synthetic", data_root, **setup.data_options)
+        data.prepare_cache("synthetic", data_root, **setup.data_options)
         split = data.load("synthetic", data_root, "train", **setup.data_options)
         teacher_path = workdir / "teacher.pt"
         save_fresh_teacher(teacher_path, setup.teacher_arch, split, setup.data_options)
+        bank_teacher = teacher_path
+        if device.type == "cpu":
+            bank_teacher = workdir / "bank_teacher.pt"
+            save_fresh_teacher(bank_teacher, BANK_TEACHER_ON_CPU, split, setup.data_options)
+        bank_path = workdir / "bank.pt"
+        built = bank.build(bank_teacher, "synthetic", data_root, setup.data_options, bank_path, str(device))
+        print(f"bank of {bank_teacher.stem} ({built['shape']}): built in {built['seconds']:.1f}s", flush=True)
         epochs = 1 + timed_epochs(setup)
+
+        def trainer_row(method: str, teacher: Path | None, logits_bank: Path | None, label: str) -> float:
+            out = workdir / f"trainer_{method}_{label}"
+            metrics = train(trainer_config(setup, method, data_root, teacher, out, device, epochs, logits_bank))
+            ms = history_ms_per_step(out / "history.csv", setup.steps_per_epoch)
+            rows.append({"loop": f"trainer ({metrics['precision']}, compile {metrics['compile']})",
+                         "teacher": label, "method": method, "ms_per_step": ms})
+            print(f"trainer {method} ({label}): {ms:.1f} ms/step", flush=True)
+            return ms
+
+        vanilla = trainer_row("ce", None, None, "none")
+        ratios = {}
         for method in METHODS:
             classic = classic_ms_per_step(setup, method, split, teacher_path, device)
-            rows.append({"loop": "classic", "method": method, "ms_per_step": classic})
+            rows.append({"loop": "classic", "teacher": "live", "method": method, "ms_per_step": classic})
             print(f"classic {method}: {classic:.1f} ms/step", flush=True)
-            out = workdir / f"trainer_{method}"
-            metrics = train(trainer_config(setup, method, data_root, teacher_path, out, device, epochs))
-            ours = history_ms_per_step(out / "history.csv", setup.steps_per_epoch)
-            rows.append({"loop": f"trainer ({metrics['precision']}, compile {metrics['compile']})",
-                         "method": method, "ms_per_step": ours})
-            print(f"trainer {method}: {ours:.1f} ms/step", flush=True)
-        trainer_ms = {row["method"]: row["ms_per_step"] for row in rows if row["loop"] != "classic"}
+            live = trainer_row(method, teacher_path, None, "live")
+            banked = trainer_row(method, bank_teacher, bank_path, "bank")
+            ratios[method] = {"bank_over_vanilla": banked / vanilla, "bank_over_live": banked / live,
+                              "classic_over_bank": classic / banked}
+        trainer_ms = {row["method"]: row["ms_per_step"] for row in rows if row["teacher"] == "live"
+                      and row["loop"] != "classic"}
         concurrency = concurrency_rows(setup, data_root, teacher_path, device, trainer_ms[CONCURRENCY_METHOD],
                                        threads, workdir)
 
-    print(f"\n{speed_table(rows)}\n\ntrainer rckd / kd: {trainer_ms['rckd'] / trainer_ms['kd']:.3f}\n")
+    print(f"\n{speed_table(rows)}\n")
+    for method, values in ratios.items():
+        print(f"{method}: bank / vanilla {values['bank_over_vanilla']:.3f}, bank / live {values['bank_over_live']:.3f}, "
+              f"classic / bank {values['classic_over_bank']:.2f}")
+    print(f"trainer rckd / kd (live teacher): {trainer_ms['rckd'] / trainer_ms['kd']:.3f}\n")
     print(f"concurrent `{CONCURRENCY_METHOD}` trainer runs on one {device.type} device "
           f"({concurrency[0]['epochs']} epochs each, first epoch excluded):\n")
     print(concurrency_table(concurrency))
     if args.out:
         write_json(args.out, {"setup": asdict(setup), "machine": machine(device), "threads": threads,
-                              "speed": rows, "rckd_over_kd": trainer_ms["rckd"] / trainer_ms["kd"],
-                              "concurrency": concurrency})
+                              "speed": rows, "ratios": ratios, "bank_build_seconds": built["seconds"],
+                              "rckd_over_kd": trainer_ms["rckd"] / trainer_ms["kd"], "concurrency": concurrency})
     return 0
 
 

@@ -23,8 +23,7 @@ import torch
 from rckd import data
 from rckd.checkpoint import load_model, load_torch, save_torch
 from rckd.data.augment import TrainBatch, all_views, crop_flip, normalize
-from rckd.data.options import PADDING, resolve_options, view_count
-from rckd.data.prepare import parse_option
+from rckd.data.options import add_data_option_argument, crop_padding, resolve_options, view_count
 from rckd.device import add_threads_argument, set_threads
 from rckd.errors import RckdError
 from rckd.gpu import claim_device
@@ -47,7 +46,7 @@ def _logits_sha256(logits: torch.Tensor) -> str:
     return hashlib.sha256(logits.contiguous().view(torch.uint8).numpy()).hexdigest()
 
 
-def size_bytes(num_images: int, num_classes: int, padding: int = PADDING) -> int:
+def size_bytes(num_images: int, num_classes: int, padding: int) -> int:
     """Bytes of a bank's logits: what must fit in memory to use it."""
     return num_images * view_count(padding) * num_classes * STORAGE.itemsize
 
@@ -144,9 +143,10 @@ def build(teacher_path: Path, dataset: str, data_root: Path, data_options: dict[
     if target.type == "cuda":
         teacher = teacher.to(memory_format=torch.channels_last)
     began = time.perf_counter()
-    logits = compute(teacher, split, PADDING, batch_size, target)
+    padding = crop_padding(dataset, data_options)
+    logits = compute(teacher, split, padding, batch_size, target)
     seconds = time.perf_counter() - began
-    save_torch(out, {"identity": identity(teacher_path, dataset, data_options, PADDING), "logits": logits,
+    save_torch(out, {"identity": identity(teacher_path, dataset, data_options, padding), "logits": logits,
                      "sha256": _logits_sha256(logits)})
     return {"bank": str(out), "shape": list(logits.shape), "bytes": logits.numel() * logits.element_size(),
             "seconds": round(seconds, 2), "device": str(target)}
@@ -156,8 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", required=True, type=Path, help="the teacher's model.pt")
     parser.add_argument("--dataset", required=True, choices=data.DATASETS)
     parser.add_argument("--data-root", required=True, type=Path, help="directory of the prepared data cache")
-    parser.add_argument("--data-option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
-                        help="data set option the teacher was trained with; repeatable")
+    add_data_option_argument(parser, "data set option the teacher was trained with; repeatable")
     parser.add_argument("--out", required=True, type=Path, help="bank file to write (e.g. RUN_DIR/bank.pt)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     parser.add_argument("--batch-size", type=int, default=500, help="training images per teacher pass")

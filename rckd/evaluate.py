@@ -15,12 +15,12 @@ import torch
 
 from rckd import data, losses, metrics
 from rckd.checkpoint import load_model
+from rckd.data.options import add_data_option_argument
 from rckd.device import add_threads_argument, set_threads
+from rckd.errors import RckdError
 from rckd.gpu import claim_device
 from rckd.inference import check_fits, predict_logits
-from rckd.errors import RckdError
 from rckd.io import write_json
-from rckd.data.prepare import parse_option
 
 FALLBACK_TEMPERATURE = 4.0  # for methods without a temperature (e.g. a `ce` model compared to a teacher)
 ECE_BINS = 15
@@ -73,8 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="eval.json to write")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     parser.add_argument("--batch-size", type=int, default=1000, help="test images per forward pass")
-    parser.add_argument("--data-option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
-                        help="data set option the model was trained with (synthetic sizes, seed); repeatable")
+    add_data_option_argument(parser, "data set option the model was trained with (synthetic sizes, seed); repeatable")
     parser.add_argument("--gpu-slots", type=int, default=0,
                         help="on CUDA, claim one of this many job slots per GPU first, as training does")
     add_threads_argument(parser)

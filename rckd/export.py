@@ -30,7 +30,7 @@ from torch import nn
 from rckd import __version__, data
 from rckd.checkpoint import load_model
 from rckd.data.augment import normalize
-from rckd.data.prepare import parse_option
+from rckd.data.options import add_data_option_argument
 from rckd.deploy import CPU, METADATA_PREFIX, ModelInfo, open_session
 from rckd.device import add_threads_argument, set_threads
 from rckd.errors import RckdError
@@ -246,8 +246,7 @@ def export(model: nn.Module, meta: dict[str, Any], test_images: torch.Tensor, te
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="trained model.pt")
     parser.add_argument("--data-root", required=True, type=Path, help="directory of the prepared data cache")
-    parser.add_argument("--data-option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
-                        help="data set option the model was trained with (synthetic sizes, seed); repeatable")
+    add_data_option_argument(parser, "data set option the model was trained with (synthetic sizes, seed); repeatable")
     parser.add_argument("--out", required=True, type=Path, help="fp32 ONNX file to write")
     parser.add_argument("--int8-out", type=Path, help="also write a static INT8 (QDQ) ONNX file here")
     parser.add_argument("--calibration-size", type=int, default=512,

@@ -30,8 +30,7 @@ from tqdm import tqdm
 from rckd import __version__, bank, data, losses, models
 from rckd.checkpoint import load_model, load_torch, save_model, save_torch
 from rckd.data.augment import TrainBatch, TrainBatches
-from rckd.data.options import resolve_options
-from rckd.data.prepare import parse_option
+from rckd.data.options import add_data_option_argument, crop_padding, resolve_options
 from rckd.device import add_threads_argument, resolve_device, set_threads
 from rckd.errors import RckdError
 from rckd.gpu import GpuSlot, claim_device
@@ -184,7 +183,7 @@ def _setup(config: TrainConfig) -> Session:
     # Every batch has batch_size samples (the short last one is dropped): one compiled shape.
     batches = TrainBatches(train_split.images.to(device), train_split.labels.to(device), config.batch_size,
                            train_split.mean, train_split.std, generator=generator, channels_last=on_cuda,
-                           drop_last=True)
+                           drop_last=True, padding=crop_padding(config.dataset, config.data_options))
     test_images, test_labels = test_split.images.to(device), test_split.labels.to(device)
     subset = torch.randperm(len(test_images), generator=torch.Generator().manual_seed(TAU_SUBSET_SEED))
     subset = subset[:TAU_SUBSET].to(device)
@@ -196,7 +195,7 @@ def _setup(config: TrainConfig) -> Session:
         teacher = teacher.to(memory_format=memory_format).requires_grad_(False)
         teacher_subset_logits = predict_logits(teacher, test_images[subset], test_split.mean, test_split.std,
                                                config.eval_batch_size, channels_last=on_cuda)
-        used_bank = _use_bank(config, train_split, device)
+        used_bank = _use_bank(config, train_split, batches.padding, device)
         teacher_logits = (bank.load(config.teacher_bank, config.teacher, train_split, batches.padding, device,
                                     config.dataset, config.data_options) if used_bank
                           else _live_teacher(teacher, compile_mode))
@@ -207,11 +206,12 @@ def _setup(config: TrainConfig) -> Session:
                    list(train_split.classes), loss_fn.params, used_bank, slot)
 
 
-def _use_bank(config: TrainConfig, train_split: data.Split, device: torch.device) -> bool:
+def _use_bank(config: TrainConfig, train_split: data.Split, padding: int, device: torch.device) -> bool:
     """Whether the run reads its teacher logits from config.teacher_bank; says why in one log line."""
     if config.teacher_bank is None:
         return False
-    fits, line = bank.fits_in_memory(bank.size_bytes(len(train_split.images), len(train_split.classes)), device)
+    size = bank.size_bytes(len(train_split.images), len(train_split.classes), padding)
+    fits, line = bank.fits_in_memory(size, device)
     use = fits or not config.bank_fallback
     print(f"{line}: {'using it' if use else 'running the teacher live instead'}", flush=True)
     return use
@@ -435,8 +435,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", required=True, help="model name (rckd.models.available())")
     parser.add_argument("--dataset", required=True, help="data set name (rckd.data.DATASETS)")
     parser.add_argument("--data-root", required=True, type=Path, help="directory of the prepared data cache")
-    parser.add_argument("--data-option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
-                        help="data set option (synthetic sizes, seed, difficulty); repeatable")
+    add_data_option_argument(parser, "data set option (synthetic sizes, seed, difficulty); repeatable")
     parser.add_argument("--out", required=True, type=Path, help="run directory")
     parser.add_argument("--method", default="ce", help=f"loss: {', '.join(losses.available())}")
     parser.add_argument("--param", action="append", default=[], type=parse_param, metavar="KEY=VALUE",

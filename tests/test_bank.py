@@ -12,12 +12,14 @@ from rckd import bank, data
 from rckd.checkpoint import load_model, load_torch
 from rckd.cli import main as cli
 from rckd.data.augment import TrainBatches, all_views, crop_flip, normalize
+from rckd.data.options import crop_padding, view_count
 from rckd.errors import RckdError
 from rckd.train import TrainConfig, train
 
 OPTIONS = {"num_superclasses": 3, "classes_per_superclass": 3, "train_per_class": 12, "test_per_class": 6,
            "image_size": 16, "seed": 0}
 OPTION_ARGS = [arg for key, value in OPTIONS.items() for arg in ("--data-option", f"{key}={value}")]
+PADDING = crop_padding("synthetic", OPTIONS)  # 16x16 images: 2 pixels, 5 x 5 offsets x 2 flips = 50 views
 
 
 def config(root: Path, out: Path, **changes) -> TrainConfig:
@@ -44,10 +46,11 @@ def test_bank_holds_the_teachers_fp32_logits_of_every_view(setup):
     split = data.load("synthetic", root, "train", **OPTIONS)
     payload = load_torch(bank_path)
     logits = payload["logits"]
-    assert logits.dtype == torch.float16 and logits.shape == (len(split.images), 162, 9)
-    offsets, flips = all_views(4)
+    views_per_image = view_count(PADDING)
+    assert PADDING == 2 and logits.dtype == torch.float16 and logits.shape == (len(split.images), views_per_image, 9)
+    offsets, flips = all_views(PADDING)
     for image in (0, 7, len(split.images) - 1):
-        views = crop_flip(split.images[image].expand(162, -1, -1, -1), offsets, flips, 4)
+        views = crop_flip(split.images[image].expand(views_per_image, -1, -1, -1), offsets, flips, PADDING)
         with torch.no_grad():
             expected = teacher(normalize(views, split.mean, split.std))
         # float16 storage: within half a unit in the last place (2^-11 relative) of the fp32 logits
@@ -58,9 +61,9 @@ def test_bank_holds_the_teachers_fp32_logits_of_every_view(setup):
 def test_lookup_serves_each_batch_its_views(setup):
     root, teacher_path, bank_path = setup
     split = data.load("synthetic", root, "train", **OPTIONS)
-    lookup = bank.load(bank_path, teacher_path, split, 4, torch.device("cpu"), "synthetic", OPTIONS)
+    lookup = bank.load(bank_path, teacher_path, split, PADDING, torch.device("cpu"), "synthetic", OPTIONS)
     teacher, _ = load_model(teacher_path)
-    batches = TrainBatches(split.images, split.labels, 16, split.mean, split.std, drop_last=True)
+    batches = TrainBatches(split.images, split.labels, 16, split.mean, split.std, drop_last=True, padding=PADDING)
     batch = next(iter(batches))
     with torch.no_grad():
         live = teacher(batch.x)
@@ -79,7 +82,7 @@ def read_history(run: Path) -> list[dict[str, str]]:
 @pytest.mark.parametrize("method, params", [("kd", {}), ("rckd", {"rc": 0.5})])
 def test_distilling_from_the_bank_matches_the_live_teacher(setup, tmp_path, method, params):
     root, teacher, bank_path = setup
-    common = dict(method=method, params=params, teacher=teacher, epochs=3)
+    common = dict(method=method, params=params, teacher=teacher, epochs=3, lr=0.01)
     live = train(config(root, tmp_path / "live", **common))
     banked = train(config(root, tmp_path / "bank", teacher_bank=bank_path, **common))
     assert (live["teacher_bank"], banked["teacher_bank"]) == (False, True)
@@ -115,7 +118,7 @@ def test_the_bank_is_refused_for_other_data_options(setup, tmp_path):
     root, teacher, bank_path = setup
     split = data.load("synthetic", root, "train", **OPTIONS)
     with pytest.raises(RckdError, match="another data_options"):
-        bank.load(bank_path, teacher, split, 4, torch.device("cpu"), "synthetic", {**OPTIONS, "difficulty": 2.0})
+        bank.load(bank_path, teacher, split, PADDING, torch.device("cpu"), "synthetic", {**OPTIONS, "difficulty": 2.0})
 
 
 def test_bank_fallback_runs_the_teacher_live_when_the_bank_does_not_fit(setup, tmp_path, monkeypatch, capsys):
@@ -127,8 +130,13 @@ def test_bank_fallback_runs_the_teacher_live_when_the_bank_does_not_fit(setup, t
     assert "does not fit: running the teacher live instead" in capsys.readouterr().out
 
 
+def test_crop_padding_is_cifars_or_the_synthetic_shift_range():
+    assert crop_padding("cifar100", {}) == crop_padding("fashion_mnist", {}) == 4 and view_count(4) == 162
+    assert crop_padding("synthetic", {}) == 4 and crop_padding("synthetic", {"image_size": 16}) == 2
+
+
 def test_bank_size_and_memory_budget():
-    assert bank.size_bytes(50_000, 100) == 50_000 * 162 * 100 * 2  # the CIFAR-100 bank: 1.51 GiB
+    assert bank.size_bytes(50_000, 100, 4) == 50_000 * 162 * 100 * 2  # the CIFAR-100 bank: 1.51 GiB
     fits, line = bank.fits_in_memory(1, torch.device("cpu"))
     assert fits and "available host memory" in line
     fits, line = bank.fits_in_memory(1 << 60, torch.device("cpu"))

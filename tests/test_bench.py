@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import export_tiny, toy_meta
 from PIL import Image
 
 from rckd.bench import latency_stats, time_interleaved
 from rckd.cli import main as cli
 from rckd.deploy import CPU, open_session, read_info
-
-from conftest import export_tiny, toy_meta
 
 
 @pytest.fixture(scope="module")

@@ -450,7 +450,7 @@ def test_prepare_cli_reports_bad_options(tmp_path, capsys):
 
 
 def test_parse_option_types():
-    from rckd.data.prepare import parse_option
+    from rckd.data.options import parse_option
 
     assert parse_option("seed=3") == ("seed", 3) and isinstance(parse_option("seed=3")[1], int)
     assert parse_option("difficulty=1.5") == ("difficulty", 1.5)

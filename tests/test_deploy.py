@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import SIZE, export_tiny, normalized, toy_meta
 from PIL import Image
 from torch import nn
 
@@ -22,8 +23,6 @@ from rckd.cli import main as cli
 from rckd.deploy import CPU, Failure, OnnxClassifier, Prediction, preprocess
 from rckd.errors import RckdError
 from rckd.export import torch_logits
-
-from conftest import SIZE, export_tiny, normalized, toy_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["apple", "bear", "castle", "dolphin", "elephant", "forest"]

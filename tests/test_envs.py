@@ -50,7 +50,17 @@ def test_every_env_pin_agrees_with_pyproject(env_file):
     assert not wrong, f"{env_file.name} disagrees with pyproject.toml (env, project): {wrong}"
     python = [dep for dep in yaml.safe_load(env_file.read_text())["dependencies"]
               if isinstance(dep, str) and dep.startswith("python")]
-    assert python and python[0].split("=")[1] >= "3.10"
+    minimum = tuple(int(part) for part in PROJECT["requires-python"].removeprefix(">=").split("."))
+    assert python and version_tuple(python[0].split("=")[1]) >= minimum
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """'3.11' -> (3, 11): versions compare as numbers ('3.9' < '3.10'), not as strings."""
+    return tuple(int(part) for part in text.split("."))
+
+
+def test_versions_compare_as_numbers():
+    assert version_tuple("3.9") < version_tuple("3.10") < version_tuple("3.11.2")
 
 
 def test_onnxruntime_gpu_and_cpu_builds_never_meet():

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import MEAN, SIZE, STD, normalized, random_images, tiny_model, toy_meta
 from torch import nn
 
 from rckd import __version__, data, models
@@ -20,8 +21,6 @@ from rckd.deploy import CPU, ModelInfo, open_session, read_info
 from rckd.errors import RckdError
 from rckd.export import ATOL, check_parity, compare, export, onnx_logits, torch_logits
 from rckd.train import TrainConfig, train
-
-from conftest import MEAN, SIZE, STD, normalized, random_images, tiny_model, toy_meta
 
 CLASSES = [f"class_{i}" for i in range(10)]
 # 10 easy classes: resnet20 gets well above chance (10%) in 5 CPU epochs of a few seconds.

@@ -10,9 +10,9 @@ import textwrap
 
 import numpy as np
 import pytest
-from scipy import stats
 import torch
 import torch.nn.functional as F
+from scipy import stats
 
 import rckd.losses as losses
 from rckd.errors import RckdError

@@ -17,8 +17,8 @@ from rckd.checkpoint import load_model, save_model
 from rckd.cli import main as cli
 from rckd.data.options import resolve_options
 from rckd.errors import RckdError
-from rckd.report import tables
 from rckd.io import write_csv
+from rckd.report import tables
 from rckd.report.summary import COLUMNS, format_params, read_summary, summarize
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -40,15 +40,14 @@ def _cifar_resnet_names(blocks: int, widths: tuple[int, ...], stem: int) -> list
 
 
 def _resnet50_names() -> list[str]:
-    names, in_ch = ["conv1.weight", *_bn("bn1")], 64
-    for stage, (width, count) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), 1):
+    names = ["conv1.weight", *_bn("bn1")]
+    for stage, count in enumerate((3, 4, 6, 3), 1):
         for block in range(count):
             prefix = f"layer{stage}.{block}"
             for j in (1, 2, 3):
                 names += [f"{prefix}.conv{j}.weight", *_bn(f"{prefix}.bn{j}")]
             if block == 0:  # stride 2 or 4x wider output
                 names += [f"{prefix}.shortcut.0.weight", *_bn(f"{prefix}.shortcut.1")]
-            in_ch = width * 4
     return names + ["linear.weight", "linear.bias"]
 
 

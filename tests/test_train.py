@@ -210,3 +210,78 @@ def test_predict_logits_keeps_order_and_is_float32(data_root):
     chunked = predict_logits(model, split.images, split.mean, split.std, batch_size=7)
     assert whole.dtype == torch.float32 and whole.shape == (len(split.images), 20)
     torch.testing.assert_close(chunked, whole)
+
+
+def test_the_compiled_step_has_no_graph_breaks_and_tracks_eager(data_root, teacher, tmp_path):
+    """--compile default: inductor's CPU code for the student forward + loss as one fullgraph=True graph
+    (a graph break would raise), its AOTAutograd backward, and the teacher; a few steps track eager."""
+    torch._dynamo.reset()
+    common = dict(method="kd", teacher=teacher, epochs=1, batch_size=160)  # 5 steps of one shape
+    compiled = train(config(data_root, tmp_path / "compiled", compile="default", **common))
+    eager = train(config(data_root, tmp_path / "eager", **common))
+    assert compiled["compile"] == "default" and eager["compile"] == "none"
+    (row_compiled,), (row_eager,) = read_history(tmp_path / "compiled"), read_history(tmp_path / "eager")
+    for key in ("loss_ce", "loss_kd", "train_top1"):
+        assert float(row_compiled[key]) == pytest.approx(float(row_eager[key]), rel=1e-3, abs=1e-3), key
+
+
+def test_sigterm_mid_epoch_writes_resume_and_the_rerun_ends_with_the_same_weights(data_root, teacher, tmp_path):
+    args = ["--arch", "resnet8", "--dataset", "synthetic", "--data-root", str(data_root), *OPTION_ARGS,
+            "--method", "kd", "--teacher", str(teacher), "--epochs", "3", "--milestones", "2", "--batch-size", "8",
+            "--device", "cpu", "--threads", "1", "--checkpoint-every", "5"]
+    whole = run_cli(*args, "--out", str(tmp_path / "whole"))
+    assert whole.wait(timeout=600) == 0, whole.stdout.read()
+
+    stopped_dir = tmp_path / "stopped"
+    stopped = run_cli(*args, "--out", str(stopped_dir))
+    lines = []
+    for line in stopped.stdout:  # wait for the first epoch's line: the second epoch is under way
+        lines.append(line)
+        if line.startswith("epoch=1 "):
+            time.sleep(0.3)
+            stopped.send_signal(signal.SIGTERM)
+            break
+    output = "".join(lines) + stopped.stdout.read()
+    assert stopped.wait(timeout=120) == 143, output
+    assert "stopped by SIGTERM in epoch 2" in output and "rerun the same command" in output
+    state = load_torch(stopped_dir / "resume.pt")
+    assert state["epoch"] == 1 and 0 < state["batches"]["position"] < 100 and state["partial"] is not None
+    assert not (stopped_dir / "model.pt").exists()
+
+    resumed = run_cli(*args, "--out", str(stopped_dir))
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    assert f"resuming {stopped_dir} at step {state['batches']['position'] + 1} of epoch 2/3" in output
+    expected = load_torch(tmp_path / "whole" / "model.pt")["state_dict"]
+    actual = load_torch(stopped_dir / "model.pt")["state_dict"]
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in read_history(stopped_dir)] == \
+        [{k: v for k, v in row.items() if k != "seconds"} for row in read_history(tmp_path / "whole")]
+
+
+def test_soft_targets_stay_fp32_when_the_student_runs_in_bf16(data_root, teacher):
+    """The live teacher runs outside the student's autocast: its logits (the ranks RCKD matches) are the
+    fp32 ones, not bf16-rounded, while the student computes in bf16."""
+    from rckd.data.augment import TrainBatch
+    from rckd.train import _live_teacher, _make_step
+
+    teacher_model, _ = load_model(teacher)
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 20))
+    seen = {}
+
+    class Spy:
+        def __call__(self, logits_s, logits_t, target, epoch):
+            seen.update(student=logits_s.dtype, teacher=logits_t)
+            return {"ce": torch.nn.functional.cross_entropy(logits_s.float(), target)}
+
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.01)
+    step = _make_step(student, Spy(), _live_teacher(teacher_model, "none"), optimizer, torch.device("cpu"),
+                      "bf16", "none")
+    x = torch.randn(8, 3, 16, 16)
+    step(TrainBatch(x, torch.arange(8), torch.arange(8), torch.zeros(8, dtype=torch.long)), torch.tensor(1.0))
+    with torch.no_grad():
+        expected = teacher_model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rounded = teacher_model(x).float()
+    assert seen["student"] == torch.bfloat16 and seen["teacher"].dtype == torch.float32
+    assert torch.equal(seen["teacher"], expected) and not torch.equal(expected, rounded)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -20,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
                "--cores", "2", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -117,6 +118,18 @@ def test_default_config_plans_every_job_once(tmp_path):
         "export_onnx": len(students) + len(main["pairs"]) * len(main["methods"]),
         "bench": 1, "all": 1, "total": counts["total"],
     }
+
+
+@pytest.mark.parametrize("configfile", ["config.yaml", "quick.yaml", "fashion.yaml"])
+def test_planning_needs_no_torch(tmp_path, configfile):
+    """The process that plans the DAG never imports torch: a torch that fails to import changes nothing."""
+    blocker = tmp_path / "blocker" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('torch is blocked in this test')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
+    result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / configfile), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert job_counts(result.stdout)["train"] > 0
 
 
 @pytest.mark.parametrize("configfile", ["quick.yaml", "fashion.yaml"])

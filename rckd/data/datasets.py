@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from rckd.data import cache, synthetic
-from rckd.data.options import DATASETS, resolve_options
+from rckd.data.options import resolve_options
 from rckd.data.split import Split
 from rckd.errors import RckdError
 

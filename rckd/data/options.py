@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -12,10 +13,18 @@ from typing import Any
 from rckd.errors import RckdError
 
 DATASETS = ("cifar100", "fashion_mnist", "synthetic")
-PADDING = 4  # the training crop's zero padding (the standard CIFAR recipe), for every data set
+PADDING = 4  # the training crop's zero padding in the standard CIFAR recipe
 
 
-def view_count(padding: int = PADDING) -> int:
+def crop_padding(name: str, options: dict[str, Any]) -> int:
+    """The training crop's zero padding of a data set: CIFAR's 4 pixels, and for the synthetic images
+    the shift range they are generated with (1/8 of their size: 4 pixels at 32x32, 2 at 16x16)."""
+    if name == "synthetic":
+        return make_options(options).max_shift
+    return PADDING
+
+
+def view_count(padding: int) -> int:
     """Distinct views of crop-with-padding + flip: (2p + 1)^2 offsets x 2 flips (162 for p = 4)."""
     return 2 * (2 * padding + 1) ** 2
 
@@ -72,3 +81,24 @@ def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
             raise RckdError(f"data set {name} takes no options, got {sorted(options)}")
         return {}
     return dataclasses.asdict(make_options(options))
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """'key=value' -> (key, value) with value an int or float where it reads as one."""
+    key, separator, value = text.partition("=")
+    if not separator or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    for convert in (int, float):
+        try:
+            return key, convert(value)
+        except ValueError:
+            continue
+    return key, value
+
+
+def add_data_option_argument(parser: argparse.ArgumentParser,
+                             help: str = "data set option the model was trained with (synthetic sizes, seed); "
+                                         "repeatable") -> None:
+    """`--data-option KEY=VALUE` (repeatable), the same for every command that loads a data set."""
+    parser.add_argument("--data-option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
+                        help=help)

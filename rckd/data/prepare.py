@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from rckd.data import cache
-from rckd.data.datasets import DATASETS, build, resolve_options
+from rckd.data.datasets import build
+from rckd.data.options import DATASETS, add_data_option_argument, resolve_options
 from rckd.errors import RckdError
 
 
@@ -30,26 +31,12 @@ def prepare_cache(name: str, root: str | os.PathLike, *, download: bool = False,
     return path
 
 
-def parse_option(text: str) -> tuple[str, Any]:
-    """'key=value' -> (key, value) with value an int or float where it reads as one."""
-    key, separator, value = text.partition("=")
-    if not separator or not key:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    for convert in (int, float):
-        try:
-            return key, convert(value)
-        except ValueError:
-            continue
-    return key, value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--data-root", required=True, type=Path,
                         help="directory for the source files and the cache")
     parser.add_argument("--download", action="store_true", help="let torchvision download a missing source")
-    parser.add_argument("--data-option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
-                        help="a data set option (synthetic: num_superclasses, classes_per_superclass, "
+    add_data_option_argument(parser, "a data set option (synthetic: num_superclasses, classes_per_superclass, "
                              "train_per_class, test_per_class, seed, difficulty, image_size); repeatable")
 
 

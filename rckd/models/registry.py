@@ -18,9 +18,9 @@ Constructor = Callable[[int, int], nn.Module]
 _CONSTRUCTORS: dict[str, Constructor] = {}
 
 
-def register(constructor: Constructor) -> Constructor:
-    """Add a constructor under its function name (a clash is a programming error)."""
-    name = constructor.__name__
+def register(constructor: Constructor, name: str | None = None) -> Constructor:
+    """Add a constructor under `name`, by default its function name (a clash is a programming error)."""
+    name = name or constructor.__name__
     if name in _CONSTRUCTORS:
         raise ValueError(f"model {name!r} is registered twice")
     _CONSTRUCTORS[name] = constructor

@@ -3,6 +3,8 @@ bottleneck ResNet-50 with a 3x3 stride-1 stem and no max pool, as in the RepDist
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,45 +78,20 @@ def _basic(depth: int, stem_width: int, widths: tuple[int, int, int], num_classe
     return CifarResNet(BasicBlock, stem_width, widths, (n, n, n), num_classes, in_channels)
 
 
-# resnet8 and resnet14 are not in the paper's zoo: they are small enough for the CPU demo.
-@register
-def resnet8(num_classes: int, in_channels: int) -> nn.Module:
-    return _basic(8, 16, (16, 32, 64), num_classes, in_channels)
-
-
-@register
-def resnet14(num_classes: int, in_channels: int) -> nn.Module:
-    return _basic(14, 16, (16, 32, 64), num_classes, in_channels)
-
-
-@register
-def resnet20(num_classes: int, in_channels: int) -> nn.Module:
-    return _basic(20, 16, (16, 32, 64), num_classes, in_channels)
-
-
-@register
-def resnet32(num_classes: int, in_channels: int) -> nn.Module:
-    return _basic(32, 16, (16, 32, 64), num_classes, in_channels)
-
-
-@register
-def resnet56(num_classes: int, in_channels: int) -> nn.Module:
-    return _basic(56, 16, (16, 32, 64), num_classes, in_channels)
-
-
-@register
-def resnet110(num_classes: int, in_channels: int) -> nn.Module:
-    return _basic(110, 16, (16, 32, 64), num_classes, in_channels)
-
-
-@register
-def resnet8x4(num_classes: int, in_channels: int) -> nn.Module:
-    return _basic(8, 32, (64, 128, 256), num_classes, in_channels)
-
-
-@register
-def resnet32x4(num_classes: int, in_channels: int) -> nn.Module:
-    return _basic(32, 32, (64, 128, 256), num_classes, in_channels)
+# name: (depth, stem width, stage widths). resnet8 and resnet14 are not in the paper's zoo: they are
+# small enough for the CPU demo.
+_BASIC_RESNETS = {
+    "resnet8": (8, 16, (16, 32, 64)),
+    "resnet14": (14, 16, (16, 32, 64)),
+    "resnet20": (20, 16, (16, 32, 64)),
+    "resnet32": (32, 16, (16, 32, 64)),
+    "resnet56": (56, 16, (16, 32, 64)),
+    "resnet110": (110, 16, (16, 32, 64)),
+    "resnet8x4": (8, 32, (64, 128, 256)),
+    "resnet32x4": (32, 32, (64, 128, 256)),
+}
+for _name, (_depth, _stem, _widths) in _BASIC_RESNETS.items():
+    register(partial(_basic, _depth, _stem, _widths), name=_name)
 
 
 @register

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rckd.models.layers import channel_shuffle, Classifier, conv_bn
+from rckd.models.layers import Classifier, channel_shuffle, conv_bn
 from rckd.models.registry import register
 
 _STEM_WIDTH = 24

@@ -92,6 +92,14 @@ def runs_of(groups: Groups, teacher: str, student: str, method: str) -> list[Row
     return [row for setting in groups.get((teacher, student, method), {}).values() for row in setting]
 
 
+def vanilla_runs(groups: Groups, arch: str) -> list[Row]:
+    """The runs of `arch` trained alone (`ce`) for as many epochs as its distilled students: the vanilla
+    student. (A teacher of the same architecture trained longer, train.teacher_epochs, is not one.)"""
+    student_epochs = {row["epochs"] for (teacher, student, _), settings in groups.items() if teacher and student == arch
+                      for rows in settings.values() for row in rows}
+    return [row for row in runs_of(groups, "", arch, "ce") if not student_epochs or row["epochs"] in student_epochs]
+
+
 def teacher_runs(groups: Groups, teacher: str, student: str) -> list[Row]:
     """The `ce` runs of `teacher` that the distilled runs of (teacher, student) were distilled from, found
     by run directory: other seeds of the teacher architecture were never anyone's teacher here."""

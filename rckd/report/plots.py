@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator
 from rckd.errors import RckdError
 from rckd.io import atomic_path
 from rckd.report import (TOP1_COLUMN, Row, Stat, distill_methods, distilled_pairs, group_runs, method_label, runs_of,
-                         stat, teacher_runs)
+                         stat, teacher_runs, vanilla_runs)
 from rckd.report.summary import parse_params, read_summary
 
 KINDS = ("curves", "capacity", "ablation")
@@ -123,7 +123,7 @@ def curves_figure(rows: list[Row]) -> Figure:
     for index, (teacher, student) in enumerate(pairs):
         panel_row, panel_column = index // columns, 2 * (index % columns)
         top1_axes, tau_axes = grid[panel_row][panel_column], grid[panel_row][panel_column + 1]
-        vanilla = runs_of(groups, "", student, "ce")
+        vanilla = vanilla_runs(groups, student)
         if vanilla:
             _line(top1_axes, [read_history(row["run"]) for row in vanilla], "test_top1", "Vanilla student (CE)",
                   METHOD_COLORS["ce"], dashed=True)
@@ -184,7 +184,7 @@ def capacity_figure(rows: list[Row], metric: str) -> Figure:
             label = method_label(method)
             _errorbar(top1_axes, xs, [stat(row[column] for row in group) for group in runs], label, color)
             _errorbar(tau_axes, xs, [stat(row["tau_nt"] for row in group) for group in runs], label, color)
-        vanilla = stat(row[column] for row in runs_of(groups, "", student, "ce"))
+        vanilla = stat(row[column] for row in vanilla_runs(groups, student))
         if vanilla is not None:
             top1_axes.axhline(vanilla.mean, color=METHOD_COLORS["ce"], linestyle="--", linewidth=1.2,
                               label="Vanilla student (CE)")
@@ -251,7 +251,7 @@ def ablation_figure(rows: list[Row], metric: str) -> Figure:
         teacher, student = pair
         variant_rows = [groups[teacher, student, method][params] for method, params in variants[pair]]
         colors = [method_color(method, methods) for method, _ in variants[pair]]
-        vanilla = stat(row[column] for row in runs_of(groups, "", student, "ce"))
+        vanilla = stat(row[column] for row in vanilla_runs(groups, student))
         _bars(top1_axes, [stat(row[column] for row in group) for group in variant_rows], colors, 2,
               None if vanilla is None else vanilla.mean)
         _bars(tau_axes, [stat(row["tau_nt"] for row in group) for group in variant_rows], colors, 3)

@@ -28,7 +28,7 @@ from scipy import stats as scipy_stats
 from rckd.errors import RckdError
 from rckd.io import write_csv, write_text
 from rckd.report import (TOP1_COLUMN, Groups, Row, Stat, distill_methods, distilled_pairs, group_runs, method_label,
-                         runs_of, stat, teacher_runs)
+                         runs_of, stat, teacher_runs, vanilla_runs)
 from rckd.report.summary import parse_params, read_summary
 
 KINDS = ("main", "capacity", "sweep")  # a sweep varies one method's parameters (the ablation)
@@ -95,8 +95,8 @@ def single_dataset(rows: list[Row], summary: Path) -> str:
 
 
 def vanilla_stat(groups: Groups, arch: str, column: str) -> Stat | None:
-    """An architecture trained alone (`ce`), over all its seeds: the vanilla student column."""
-    return stat(row[column] for row in runs_of(groups, "", arch, "ce"))
+    """The vanilla student column: `arch` trained alone, over all its seeds."""
+    return stat(row[column] for row in vanilla_runs(groups, arch))
 
 
 def teacher_stat(groups: Groups, pair: tuple[str, str], column: str) -> Stat | None:

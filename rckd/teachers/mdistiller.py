@@ -92,48 +92,40 @@ def _block_offsets(counts: dict[int, int]) -> dict[int, int]:
     return offsets
 
 
-def _resnet_rules(names: list[str]) -> Callable[[str], str | None]:
+Rules = list[tuple[str, Callable[[re.Match], str | None]]]  # (their name's pattern, our name of a match)
+
+
+def _resnet_rules(names: list[str]) -> Rules:
     """resnet.py (resnet20...resnet32x4) and resnetv2.py (ResNet50): conv1/bn1 stem, layer{s}.{b} blocks
     of conv{j}/bn{j} and a downsample (resnet.py) or shortcut (resnetv2.py) projection, fc or linear."""
     offsets = _block_offsets(_blocks_per_stage(names, r"layer(\d+)\.(\d+)\."))
-
-    def rename(name: str) -> str | None:
-        if match := re.fullmatch(rf"(conv|bn)1\.{_SUFFIX}", name):
-            return f"features.0.{0 if match[1] == 'conv' else 1}.{match[2]}"
-        if match := re.fullmatch(rf"layer(\d+)\.(\d+)\.(conv|bn)(\d)\.{_SUFFIX}", name):
-            block = offsets[int(match[1])] + int(match[2])
-            return f"features.{block}.residual.{int(match[4]) - 1}.{0 if match[3] == 'conv' else 1}.{match[5]}"
-        if match := re.fullmatch(rf"layer(\d+)\.(\d+)\.(?:downsample|shortcut)\.([01])\.{_SUFFIX}", name):
-            return f"features.{offsets[int(match[1])] + int(match[2])}.shortcut.{match[3]}.{match[4]}"
-        if match := re.fullmatch(rf"(?:fc|linear)\.{_SUFFIX}", name):
-            return f"head.2.{match[1]}"
-        return None
-
-    return rename
+    block = lambda m: offsets[int(m[1])] + int(m[2])  # noqa: E731
+    return [
+        (rf"(conv|bn)1\.{_SUFFIX}", lambda m: f"features.0.{0 if m[1] == 'conv' else 1}.{m[2]}"),
+        (rf"layer(\d+)\.(\d+)\.(conv|bn)(\d)\.{_SUFFIX}",
+         lambda m: f"features.{block(m)}.residual.{int(m[4]) - 1}.{0 if m[3] == 'conv' else 1}.{m[5]}"),
+        (rf"layer(\d+)\.(\d+)\.(?:downsample|shortcut)\.([01])\.{_SUFFIX}",
+         lambda m: f"features.{block(m)}.shortcut.{m[3]}.{m[4]}"),
+        (rf"(?:fc|linear)\.{_SUFFIX}", lambda m: f"head.2.{m[1]}"),
+    ]
 
 
-def _wrn_rules(names: list[str]) -> Callable[[str], str | None]:
+def _wrn_rules(names: list[str]) -> Rules:
     """wrn.py: conv1 stem, block{s}.layer.{b} pre-activation blocks (convShortcut projection), final bn1, fc."""
     counts = _blocks_per_stage(names, r"block(\d+)\.layer\.(\d+)\.")
     offsets = _block_offsets(counts)
     final_bn = 1 + sum(counts.values())
-
-    def rename(name: str) -> str | None:
-        if name == "conv1.weight":
-            return "features.0.weight"
-        if match := re.fullmatch(rf"block(\d+)\.layer\.(\d+)\.(bn1|conv1|bn2|conv2|convShortcut)\.{_SUFFIX}", name):
-            part = "projection" if match[3] == "convShortcut" else match[3]
-            return f"features.{offsets[int(match[1])] + int(match[2])}.{part}.{match[4]}"
-        if match := re.fullmatch(rf"bn1\.{_SUFFIX}", name):
-            return f"features.{final_bn}.{match[1]}"
-        if match := re.fullmatch(rf"fc\.{_SUFFIX}", name):
-            return f"head.2.{match[1]}"
-        return None
-
-    return rename
+    return [
+        (r"conv1\.weight", lambda m: "features.0.weight"),
+        (rf"block(\d+)\.layer\.(\d+)\.(bn1|conv1|bn2|conv2|convShortcut)\.{_SUFFIX}",
+         lambda m: f"features.{offsets[int(m[1])] + int(m[2])}."
+                   f"{'projection' if m[3] == 'convShortcut' else m[3]}.{m[4]}"),
+        (rf"bn1\.{_SUFFIX}", lambda m: f"features.{final_bn}.{m[1]}"),
+        (rf"fc\.{_SUFFIX}", lambda m: f"head.2.{m[1]}"),
+    ]
 
 
-def _vgg_rules(names: list[str]) -> Callable[[str], str | None]:
+def _vgg_rules(names: list[str]) -> Rules:
     """vgg.py: block{g} = [conv, bn, relu] * n without the last relu (conv at 3i, bn at 3i+1), classifier.
     Ours has a max pool after each of the first POOLED_GROUPS groups, so group g starts further on."""
     from rckd.models.vgg import POOLED_GROUPS
@@ -144,15 +136,18 @@ def _vgg_rules(names: list[str]) -> Callable[[str], str | None]:
         starts[group] = index
         index += (convs[group] + 1) // 3 + (1 if group < POOLED_GROUPS else 0)
 
-    def rename(name: str) -> str | None:
-        if match := re.fullmatch(rf"block(\d+)\.(\d+)\.{_SUFFIX}", name):
-            conv, part = divmod(int(match[2]), 3)
-            return f"features.{starts[int(match[1])] + conv}.{part}.{match[3]}" if part < 2 else None
-        if match := re.fullmatch(rf"classifier\.{_SUFFIX}", name):
-            return f"head.2.{match[1]}"
-        return None
+    def layer(m: re.Match) -> str | None:
+        conv, part = divmod(int(m[2]), 3)
+        return f"features.{starts[int(m[1])] + conv}.{part}.{m[3]}" if part < 2 else None
 
-    return rename
+    return [(rf"block(\d+)\.(\d+)\.{_SUFFIX}", layer), (rf"classifier\.{_SUFFIX}", lambda m: f"head.2.{m[1]}")]
+
+
+def _rename(rules: Rules, name: str) -> str | None:
+    for pattern, target in rules:
+        if match := re.fullmatch(pattern, name):
+            return target(match)
+    return None
 
 
 _FAMILIES = {"resnet": _resnet_rules, "wrn": _wrn_rules, "vgg": _vgg_rules}
@@ -163,11 +158,11 @@ def translate(arch: str, state: dict[str, torch.Tensor], model: torch.nn.Module)
     family = next((rules for prefix, rules in _FAMILIES.items() if arch.startswith(prefix)), None)
     if family is None:
         raise RckdError(f"no mdistiller key layout is known for {arch}; importable families: resnet*, wrn_*, vgg*")
-    rename = family(list(state))
+    rules = family(list(state))
     ours = model.state_dict()
     translated: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
-        target = rename(name)
+        target = _rename(rules, name)
         if target is None or target not in ours:
             raise RckdError(f"checkpoint tensor {name!r} has no place in our {arch} (mapped to {target!r}); "
                             f"is the checkpoint a {arch}?")

@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
 sys.path.insert(0, str(Path(workflow.basedir).resolve()))
-from rckd.data.options import resolve_options, view_count
+from rckd.data.options import crop_padding, resolve_options, view_count
 from rckd.errors import RckdError
 from rckd.losses import catalog
 from rckd.report.summary import format_params, format_value
@@ -281,7 +281,7 @@ def bank_plan():
             for name, epochs in student_epochs.items()}
 
 
-BANK_VIEWS = view_count()  # crop offsets x flips of the trainer's padding
+BANK_VIEWS = view_count(crop_padding(DATASET, config["data"]["options"]))  # crop offsets x flips
 BANKED = bank_plan()
 
 
