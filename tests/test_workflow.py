@@ -237,7 +237,7 @@ def test_quick_dag_end_to_end(tmp_path):
     tiny = tmp_path / "tiny.yaml"
     tiny.write_text(
         "data: {options: {train_per_class: 20, test_per_class: 10}}\n"
-        "train: {epochs: 2, milestones: [1], teacher_epochs: 3}\n"
+        "train: {epochs: 2, milestones: [1], teacher_epochs: 3, teacher_bank: 'on'}\n"
         "bench: {batch_sizes: [1], warmup: 1, min_iters: 3, min_seconds: 0.0}\n"
         "export: {calibration_size: 16}\n"
     )
@@ -257,7 +257,9 @@ def test_quick_dag_end_to_end(tmp_path):
     main_table = (results / "main" / "table.md").read_text()
     assert all(f"| {label} " in main_table or f" {label} |" in main_table for label in ("KD+LS", "DKD+LS", "RCKD"))
     banked = [json.loads(path.read_text()) for path in (results / "runs").glob("*/*/*/*/seed*/metrics.json")]
-    assert all(metrics["teacher_bank"] for metrics in banked if metrics["teacher"])  # quick: teacher_bank on
+    assert all(metrics["teacher_bank"] for metrics in banked if metrics["teacher"])  # tiny: teacher_bank on
+    assert len(list((results / "runs").glob("*/none/ce/*/seed0/bank.pt"))) == len(quick["experiments"]["capacity"]
+                                                                                ["teachers"])
     latency = read_csv(results / "deploy" / "latency.csv")
     assert latency and all(float(row["p50_ms"]) > 0 for row in latency)
 
