@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,8 +29,8 @@ SLICE = """\
 dataset: synthetic
 data: {options: {num_superclasses: 2, classes_per_superclass: 3, train_per_class: 24, test_per_class: 8,
                  image_size: 16}}
-train: {epochs: 3, milestones: [2], teacher_epochs: 4, device: cpu, precision: fp32, compile: none,
-        threads: 1, mem_mb: 1500, runtime: 10, checkpoint_every: 1, teacher_bank: "off"}
+train: {epochs: %(epochs)d, milestones: [%(milestone)d], teacher_epochs: 4, batch_size: %(batch)d, device: cpu, precision: fp32,
+        compile: none, threads: 1, mem_mb: 1500, runtime: 10, checkpoint_every: 1, teacher_bank: "off"}
 evaluate: {device: cpu}
 export: {int8: false}
 experiments:
@@ -39,20 +38,33 @@ experiments:
   capacity: {enabled: false}
   ablation: {enabled: false}
 """
+QUICK = {"epochs": 3, "milestone": 2, "batch": 64}  # the slice: a few seconds per run
+LONG = {"epochs": 30, "milestone": 20, "batch": 8}  # a student that trains long enough to be stopped mid-run
 RUNS = ("resnet8/none/ce/epochs=4/seed0", "resnet8/none/ce/default/seed0", "resnet8/resnet8/kd/default/seed0")
 TARGETS = ["results/synthetic/main/table.csv",
            *(f"results/synthetic/deploy/{run}/export.json" for run in RUNS[1:])]
 
 
-def snakemake(workdir: Path, *args: str, timeout: float = 420) -> tuple[int, str]:
-    """Snakemake in `workdir` with the slice config; SIGINT at the timeout (it ignores SIGTERM while
-    polling SLURM), and the test fails if it has not stopped 30 s later."""
-    (workdir / "slice.yaml").write_text(SLICE)
+def start(workdir: Path, size: dict, *args: str, extra: str = "") -> subprocess.Popen:
+    """Snakemake in `workdir` on the slice config of `size` (plus `extra` YAML), with this venv's python
+    on PATH for the jobs. --configfile comes last: it takes every word after it."""
+    (workdir / "slice.yaml").write_text(SLICE % size)
+    (workdir / "extra.yaml").write_text(extra or "{}\n")
     command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2",
-               "--configfile", str(ROOT / "config" / "quick.yaml"), str(workdir / "slice.yaml"), *args]
+               *args, "--configfile", str(ROOT / "config" / "quick.yaml"), *(str(workdir / name) for name in
+                                                                             ("slice.yaml", "extra.yaml"))]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               cwd=workdir)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=workdir)
+
+
+def snakemake(workdir: Path, *args: str, size: dict = QUICK, extra: str = "", timeout: float = 420) -> tuple[int, str]:
+    """Snakemake to its end; SIGINT at the timeout (it ignores SIGTERM while polling SLURM), and the
+    test fails if it has not stopped 30 s later."""
+    process = start(workdir, size, *args, extra=extra)
+    return finish(process, timeout)
+
+
+def finish(process: subprocess.Popen, timeout: float) -> tuple[int, str]:
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -70,6 +82,14 @@ def local_run(tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.fixture(scope="module")
+def local_long_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("local_long")
+    status, output = snakemake(workdir, f"results/synthetic/runs/{RUNS[2]}/model.pt", size=LONG)
+    assert status == 0, output[-4000:]
+    return workdir
+
+
 @pytest.fixture(scope="module", params=["without accounting", "with accounting"])
 def cluster(request):
     accounting = ["--accounting"] if request.param == "with accounting" else []
@@ -82,8 +102,11 @@ def cluster(request):
 
 
 def slurm_args(kind: str) -> list[str]:
+    # The profile's CPU and memory requests are for real nodes; this one has 2 CPUs. (A --set-resources on the
+    # command line replaces the profile's list, so train runtime and memory come from the slice config.)
     args = ["--workflow-profile", str(ROOT / "profiles" / "slurm"), "--jobs", "4",
             "--default-resources", "slurm_partition=debug", "mem_mb=1000", "runtime=10",
+            "--set-resources", "train:cpus_per_task=1", "train:mem_mb=1500", "teacher_bank:cpus_per_task=1",
             "--slurm-init-seconds-before-status-checks", "1"]
     return args + (["--slurm-no-account"] if kind == "without accounting" else ["--slurm-status-command", "sacct"])
 
@@ -116,54 +139,34 @@ def test_the_slice_runs_on_slurm_and_equals_the_local_run(cluster, local_run, tm
 
 
 def test_a_gpu_training_job_asks_slurm_for_one_gpu(cluster, tmp_path):
-    """With train.device cuda the train rule requests gpu=1; this node has none, so sbatch refuses,
-    and the plugin's verbose log shows the request as SLURM expects it."""
-    (tmp_path / "gpu.yaml").write_text("train: {device: cuda}\n")
-    status, output = snakemake(tmp_path, "results/synthetic/runs/resnet8/none/ce/epochs=4/seed0/model.pt",
-                               "--configfile", str(ROOT / "config" / "quick.yaml"), str(tmp_path / "slice.yaml"),
-                               str(tmp_path / "gpu.yaml"), *slurm_args(cluster), "--verbose", "--retries", "0",
-                               timeout=240)
+    """With train.device cuda the train rule requests gpu=1; this node has none, so sbatch refuses
+    ("Invalid generic resource"), and the plugin's log shows the request as SLURM expects it."""
+    status, output = snakemake(tmp_path, f"results/synthetic/runs/{RUNS[0]}/model.pt", *slurm_args(cluster),
+                               "--verbose", "--retries", "0", extra="train: {device: cuda}\n", timeout=240)
     assert status != 0
     calls = [line for line in output.splitlines() if "sbatch call:" in line]
     assert calls, output[-3000:]
-    train_call = next(call for call in calls if "train" in call)
-    assert "--gpus=1" in train_call or "--gres=gpu:1" in train_call, train_call
-    assert "--mem 16000" in train_call or "--mem=16000" in train_call, train_call
-    assert "-t 720" in train_call or "--time=720" in train_call or "-t 10" in train_call, train_call
+    train_call = next(call for call in calls if "rule_train" in call)
+    for request in ("--gpus=1", "--cpus-per-task=1", "--mem 1500", "-t 10", "-p debug"):  # runtime: train.runtime
+        assert request in train_call, (request, train_call)
 
 
-def test_a_preempted_training_job_is_resubmitted_and_ends_with_the_same_weights(cluster, local_run, tmp_path):
+def test_a_preempted_training_job_is_resubmitted_and_ends_with_the_same_weights(cluster, local_long_run, tmp_path):
     """scancel --signal=TERM mid-run: the trainer writes resume.pt and exits 143, Snakemake resubmits
-    (retries), the new job resumes, and the weights equal the local run's bit for bit."""
+    (the profile's retries), the new job resumes, and the weights equal the local run's bit for bit."""
     student = tmp_path / "results/synthetic/runs" / RUNS[2]
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--cores",
-               "2", "--configfile", str(ROOT / "config" / "quick.yaml"), str(tmp_path / "slice.yaml"),
-               f"{student}/model.pt", *slurm_args(cluster)]
-    (tmp_path / "slice.yaml").write_text(SLICE)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 300
-        while not (student / "resume.pt").exists():  # the student's first epoch is done: stop it now
-            assert process.poll() is None, process.stdout.read()[-4000:]
-            assert time.monotonic() < deadline, "the student never wrote its first checkpoint"
-            time.sleep(0.2)
-        jobs = subprocess.run(["squeue", "-h", "-o", "%i %j", "-t", "R"], capture_output=True, text=True).stdout
-        running = [line.split()[0] for line in jobs.splitlines()]
-        assert running, "no running SLURM job to preempt"
-        for job in running:
-            subprocess.run(["scancel", "--signal=TERM", job], check=True)
-        output, _ = process.communicate(timeout=420)
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=30)
-        pytest.fail(f"snakemake hung:\n{output[-4000:]}")
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, output[-6000:]
+    process = start(tmp_path, LONG, f"results/synthetic/runs/{RUNS[2]}/model.pt", *slurm_args(cluster))
+    deadline = time.monotonic() + 300
+    while not (student / "resume.pt").exists():  # the student's first epoch is done: stop it now
+        if process.poll() is not None or time.monotonic() > deadline:
+            finish(process, 30)
+            pytest.fail("the student ended or never wrote its first checkpoint")
+        time.sleep(0.2)
+    running = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    assert len(running) == 1, running  # the student's job: its teacher has finished
+    subprocess.run(["scancel", "--signal=TERM", running[0]], check=True)
+    status, output = finish(process, 420)
+    assert status == 0, output[-6000:]
     log = (tmp_path / "logs/synthetic/train" / f"{RUNS[2]}.log").read_text()
-    assert "resuming" in log, log[-2000:]
-    assert same_weights(student / "model.pt", local_run / "results/synthetic/runs" / RUNS[2] / "model.pt")
-    shutil.rmtree(tmp_path / ".snakemake", ignore_errors=True)
+    assert "resuming" in log and " at step " in log, log[-2000:]  # the resubmitted job continued mid-epoch
+    assert same_weights(student / "model.pt", local_long_run / "results/synthetic/runs" / RUNS[2] / "model.pt")

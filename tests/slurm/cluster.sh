@@ -86,7 +86,7 @@ start_accounting() {
     local socket="$STATE/run/mysqld/mysqld.sock"
     runuser -u mysql -- mariadbd --datadir="$STATE/mysql" --socket="$socket" --skip-networking=0 \
         --bind-address=127.0.0.1 --port=3306 --pid-file="$STATE/run/mysqld/mysqld.pid" \
-        --log-error="$STATE/log/mariadb.log" &
+        --log-error="$STATE/log/mariadb.log" </dev/null >>"$STATE/log/mariadb.out" 2>&1 &
     remember mariadb "$STATE/run/mysqld/mysqld.pid"
     wait_for 60 MariaDB mariadb --socket="$socket" -e "select 1"
     mariadb --socket="$socket" -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
