@@ -136,6 +136,9 @@ def fits_in_memory(num_bytes: int, device: torch.device) -> tuple[bool, str]:
 def build(teacher_path: Path, dataset: str, data_root: Path, data_options: dict[str, Any], out: Path,
           device: str = "auto", batch_size: int = 500, gpu_slots: int = 0) -> dict[str, Any]:
     """Write the bank of `teacher_path` on the training split of `dataset` to `out`; returns its summary."""
+    if crop_padding(dataset, data_options) is None:
+        raise RckdError(f"{dataset} is cropped at random sizes, not from a finite set of views: a teacher bank "
+                        f"cannot hold them all; its students run their teacher live")
     target, _slot = claim_device(device, gpu_slots)  # the slot is held while `_slot` lives
     teacher, meta = load_model(teacher_path, target)
     split = data.load(dataset, data_root, "train", **data_options)

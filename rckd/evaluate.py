@@ -19,7 +19,7 @@ from rckd.data.options import add_data_option_argument
 from rckd.device import add_threads_argument, set_threads
 from rckd.errors import RckdError
 from rckd.gpu import claim_device
-from rckd.inference import check_fits, predict_logits
+from rckd.inference import check_fits, split_logits
 from rckd.io import write_json
 
 FALLBACK_TEMPERATURE = 4.0  # for methods without a temperature (e.g. a `ce` model compared to a teacher)
@@ -34,7 +34,8 @@ def fidelity_temperature(meta: dict[str, Any]) -> float:
 
 @torch.no_grad()
 def evaluate(model_path: Path, data_root: Path, teacher_path: Path | None = None, device: str = "auto",
-             batch_size: int = 1000, data_options: dict[str, Any] | None = None, gpu_slots: int = 0) -> dict[str, Any]:
+             batch_size: int = 1000, data_options: dict[str, Any] | None = None, gpu_slots: int = 0,
+             workers: int = 0) -> dict[str, Any]:
     """The eval.json record for one model (and its teacher, when given)."""
     if batch_size < 1:
         raise RckdError(f"--batch-size must be positive, got {batch_size}")
@@ -42,8 +43,8 @@ def evaluate(model_path: Path, data_root: Path, teacher_path: Path | None = None
     model, meta = load_model(model_path, target_device)
     split = data.load(meta["dataset"], data_root, "test", **(data_options or {}))
     check_fits(model_path, meta, meta["dataset"], data_options or {}, split)
-    images, labels = split.images.to(target_device), split.labels.to(target_device)
-    logits = predict_logits(model, images, split.mean, split.std, batch_size)
+    labels = split.labels.to(target_device)
+    logits = split_logits(model, split, batch_size, workers=workers)
     values = {
         **metrics.topk_accuracy(logits, labels, ks=(1, 5)),
         "nll": metrics.nll(logits, labels),
@@ -57,7 +58,7 @@ def evaluate(model_path: Path, data_root: Path, teacher_path: Path | None = None
     if teacher_path is not None:
         teacher, teacher_meta = load_model(teacher_path, target_device)
         check_fits(teacher_path, teacher_meta, meta["dataset"], data_options or {}, split)
-        teacher_logits = predict_logits(teacher, images, split.mean, split.std, batch_size)
+        teacher_logits = split_logits(teacher, split, batch_size, workers=workers)
         temperature = fidelity_temperature(meta)
         values.update(metrics.fidelity(logits, teacher_logits, labels, temperature))
         values["teacher_top1"] = metrics.topk_accuracy(teacher_logits, labels, ks=(1,))["top1"]
@@ -76,13 +77,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_option_argument(parser, "data set option the model was trained with (synthetic sizes, seed); repeatable")
     parser.add_argument("--gpu-slots", type=int, default=0,
                         help="on CUDA, claim one of this many job slots per GPU first, as training does")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes decoding a streamed data set's images (imagenet)")
     add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     record = evaluate(args.model, args.data_root, args.teacher, args.device, args.batch_size,
-                      dict(args.data_option), args.gpu_slots)
+                      dict(args.data_option), args.gpu_slots, args.workers)
     write_json(args.out, record)
     summary = f"top1={record['top1']:.2f} top5={record['top5']:.2f} nll={record['nll']:.4f} ece={record['ece']:.4f}"
     if record["teacher"] is not None:

@@ -12,7 +12,7 @@ from torch import nn
 
 from rckd.data.augment import eval_inputs
 from rckd.data.options import resolve_options
-from rckd.data.split import Split
+from rckd.data.split import FileSplit, Split
 from rckd.errors import RckdError
 
 
@@ -24,12 +24,25 @@ def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float]
                                                              channels_last=channels_last)])
 
 
+def split_logits(model: nn.Module, split: Split | FileSplit, batch_size: int, indices: torch.Tensor | None = None,
+                 *, workers: int = 0, channels_last: bool = False) -> torch.Tensor:
+    """float32 logits of the test view of `indices` (default: every image) of a split, in order, on the
+    model's device: from memory, or decoded from files by `workers` loader processes."""
+    if isinstance(split, FileSplit):
+        from rckd.data.imagefolder import stream_logits
+
+        return stream_logits(model, split, batch_size, indices, workers, channels_last)
+    device = next(model.parameters()).device
+    images = split.images if indices is None else split.images[indices.cpu()]
+    return predict_logits(model, images.to(device), split.mean, split.std, batch_size, channels_last)
+
+
 def check_fits(path: str | Path, meta: dict[str, Any], dataset: str, data_options: dict[str, Any],
-               split: Split) -> None:
+               split: Split | FileSplit) -> None:
     """Refuse a model file trained on other data: data set, its options, classes and image shape."""
     expected = {"dataset": dataset, "data_options": resolve_options(dataset, data_options),
-                "num_classes": len(split.classes), "in_channels": split.images.shape[1],
-                "input_size": list(split.images.shape[1:])}
+                "num_classes": len(split.classes), "in_channels": split.input_size[0],
+                "input_size": split.input_size}
     wrong = {key: meta.get(key) for key, value in expected.items() if meta.get(key) != value}
     if wrong:
         raise RckdError(f"{path} does not fit this data set: it has {wrong}, the data has "

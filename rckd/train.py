@@ -7,7 +7,9 @@ outside the student's autocast, or its logits come from a precomputed bank (`rck
 bf16 autocast, channels_last, the student's forward and loss compiled as one graph (CUDA graphs with
 reduce-overhead), fused SGD. On CPU: eager fp32, same loop. Resumable: `resume.pt` is written every
 few epochs and, mid-epoch, on SIGTERM (a SLURM time limit or preemption), after which the run exits
-with status 143; rerunning the same command continues it to the same weights.
+with status 143; rerunning the same command continues it to the same weights. Data-parallel under
+torchrun (`rckd.distributed`): batch_size is the total over the processes, each trains its part of
+every batch, and the same number of processes or any other continues a run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import signal
 import sys
 import time
@@ -27,14 +30,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from rckd import __version__, bank, data, losses, models
+from rckd import __version__, bank, data, distributed, losses, models
 from rckd.checkpoint import load_model, load_torch, save_model, save_torch
 from rckd.data.augment import TrainBatch, TrainBatches
-from rckd.data.options import add_data_option_argument, crop_padding, resolve_options
+from rckd.data.imagefolder import StreamBatches
+from rckd.data.options import STREAMED, add_data_option_argument, crop_padding, resolve_options
 from rckd.device import add_threads_argument, resolve_device, set_threads
 from rckd.errors import RckdError
 from rckd.gpu import GpuSlot, claim_device
-from rckd.inference import check_fits, predict_logits
+from rckd.inference import check_fits, predict_logits, split_logits
 from rckd.io import write_csv, write_json
 from rckd.losses.catalog import parse_param
 from rckd.metrics import kendall_tau
@@ -43,6 +47,7 @@ TAU_SUBSET = 1000  # fixed test images on which the per-epoch rank fidelity to t
 TAU_SUBSET_SEED = 1234  # the same subset for every run, so curves of different runs are comparable
 COMPILE_MODES = ("auto", "none", "default", "reduce-overhead")
 PREEMPTED_STATUS = 143  # 128 + SIGTERM, what a shell reports for a process it ended
+STOP_POLL_STEPS = 20  # data-parallel processes agree on SIGTERM every this many steps (one tiny all-reduce)
 
 
 @dataclass
@@ -56,7 +61,7 @@ class TrainConfig:
     teacher: Path | None = None
     data_options: dict[str, Any] = field(default_factory=dict)
     epochs: int = 240
-    batch_size: int = 64
+    batch_size: int = 64  # in total: each of N data-parallel processes takes batch_size / N
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -71,6 +76,7 @@ class TrainConfig:
     checkpoint_every: int = 5
     eval_batch_size: int = 1000
     gpu_slots: int = 0  # >0: claim one of this many job slots per visible GPU (rckd.gpu)
+    workers: int = 0  # DataLoader processes decoding a streamed data set's images (0: in this process)
 
     def validate(self) -> None:
         if self.arch not in models.available():
@@ -91,6 +97,11 @@ class TrainConfig:
             raise RckdError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.compile not in COMPILE_MODES:
             raise RckdError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        if self.workers < 0:
+            raise RckdError(f"workers must be >= 0, got {self.workers}")
+        if self.teacher_bank is not None and self.dataset in STREAMED:
+            raise RckdError(f"{self.dataset} is cropped at random sizes, not from a finite set of views: it has "
+                            f"no teacher bank; drop --teacher-bank (config train.teacher_bank: off)")
         if self.teacher_bank is not None and self.teacher is None:
             raise RckdError("--teacher-bank holds a teacher's logits: pass --teacher too (the bank is checked "
                             "against it)")
@@ -118,17 +129,18 @@ class Session:
     student: nn.Module
     step: Callable[[TrainBatch, torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]
     optimizer: torch.optim.Optimizer
-    batches: TrainBatches
-    test: data.Split
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    subset: torch.Tensor
+    batches: TrainBatches | StreamBatches
+    test: data.Split | data.FileSplit
+    test_shard: torch.Tensor  # this process's test images (every one with one process)
+    subset: torch.Tensor  # the fixed test images of the rank fidelity (tau_nt)
+    subset_images: torch.Tensor  # uint8 test views on the device, for the rank fidelity
     teacher_subset_logits: torch.Tensor | None
     teacher_meta: dict[str, Any] | None
     classes: list[str]
     params: dict[str, Any]  # the loss parameters, defaults filled in
     used_bank: bool
     slot: GpuSlot | None  # its lock is held while the session lives
+    group: distributed.Group
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -143,13 +155,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
             began = time.perf_counter()
             sums, complete = _train_epoch(session, epoch, partial, stop)
             partial = None
+            sums = _summed(session, sums)
             if not complete:  # SIGTERM mid-epoch: keep the steps done so far
                 _save_resume(session, resume_path, epoch, history, elapsed + time.perf_counter() - began, sums)
                 raise Preempted(f"stopped by SIGTERM in epoch {epoch + 1}; {resume_path} holds the run")
             elapsed += time.perf_counter() - began
             history.append(_epoch_row(session, epoch, sums, time.perf_counter() - began))
-            print(" ".join(f"{key}={value}" for key, value in history[-1].items()), flush=True)
-            interrupted = stop.raised and epoch + 1 < config.epochs
+            if session.group.main:
+                print(" ".join(f"{key}={value}" for key, value in history[-1].items()), flush=True)
+            interrupted = distributed.anyone(stop.raised, session.group, session.device) and epoch + 1 < config.epochs
             if interrupted or (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
                 _save_resume(session, resume_path, epoch + 1, history, elapsed, None)
             if interrupted:
@@ -165,8 +179,11 @@ def _setup(config: TrainConfig) -> Session:
     if loss_fn.needs_teacher and config.teacher is None:
         raise RckdError(f"method {config.method!r} distils from a teacher: pass --teacher PATH/model.pt")
     Path(config.out).mkdir(parents=True, exist_ok=True)
-    device, slot = claim_device(config.device, config.gpu_slots)
-    precision, compile_mode = _resolved_modes(config, device)
+    group, device = distributed.join(config.device)
+    if config.batch_size % group.world:
+        raise RckdError(f"batch_size {config.batch_size} (the total) must divide among {group.world} processes")
+    device, slot = (device, None) if group.world > 1 else claim_device(config.device, config.gpu_slots)
+    precision, compile_mode = _resolved_modes(config, device, group.world)
     on_cuda = device.type == "cuda"
     memory_format = torch.channels_last if on_cuda else torch.contiguous_format
     if on_cuda:
@@ -175,42 +192,54 @@ def _setup(config: TrainConfig) -> Session:
     splits = data.load_splits(config.dataset, config.data_root, **config.data_options)
     train_split, test_split = splits["train"], splits["test"]
     torch.manual_seed(config.seed)
-    student = models.build(config.arch, num_classes=len(train_split.classes), in_channels=train_split.images.shape[1])
+    student = models.build(config.arch, num_classes=len(train_split.classes), in_channels=train_split.input_size[0])
     student = student.to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(student.parameters(), lr=lr_at(config, 0), momentum=config.momentum,
                                 weight_decay=config.weight_decay, fused=on_cuda)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    # Every batch has batch_size samples (the short last one is dropped): one compiled shape.
-    batches = TrainBatches(train_split.images.to(device), train_split.labels.to(device), config.batch_size,
-                           train_split.mean, train_split.std, generator=generator, channels_last=on_cuda,
-                           drop_last=True, padding=crop_padding(config.dataset, config.data_options))
-    test_images, test_labels = test_split.images.to(device), test_split.labels.to(device)
-    subset = torch.randperm(len(test_images), generator=torch.Generator().manual_seed(TAU_SUBSET_SEED))
-    subset = subset[:TAU_SUBSET].to(device)
+    batches = _batches(config, train_split, device, group)
+    subset = torch.randperm(len(test_split), generator=torch.Generator().manual_seed(TAU_SUBSET_SEED))[:TAU_SUBSET]
+    subset_images = test_split.eval_images(subset).to(device)
 
     teacher_logits, teacher_meta, teacher_subset_logits, used_bank = None, None, None, False
     if loss_fn.needs_teacher:
         teacher, teacher_meta = load_model(config.teacher, device)
         check_fits(config.teacher, teacher_meta, config.dataset, config.data_options, train_split)
         teacher = teacher.to(memory_format=memory_format).requires_grad_(False)
-        teacher_subset_logits = predict_logits(teacher, test_images[subset], test_split.mean, test_split.std,
+        teacher_subset_logits = predict_logits(teacher, subset_images, test_split.mean, test_split.std,
                                                config.eval_batch_size, channels_last=on_cuda)
         used_bank = _use_bank(config, train_split, batches.padding, device)
         teacher_logits = (bank.load(config.teacher_bank, config.teacher, train_split, batches.padding, device,
                                     config.dataset, config.data_options) if used_bank
                           else _live_teacher(teacher, compile_mode))
-    step = _make_step(student, loss_fn, teacher_logits, optimizer, device, precision, compile_mode)
+    trained = student if group.world == 1 else torch.nn.parallel.DistributedDataParallel(
+        student, device_ids=[device.index] if on_cuda else None)
+    step = _make_step(trained, loss_fn, teacher_logits, optimizer, device, precision, compile_mode,
+                      fullgraph=group.world == 1)  # DDP's gradient buckets split the graph
     identity = _config_identity(config, precision, compile_mode, used_bank)
+    test_shard = torch.arange(group.rank, len(test_split), group.world)
     return Session(config, device, precision, compile_mode, identity, student, step, optimizer, batches,
-                   test_split, test_images, test_labels, subset, teacher_subset_logits, teacher_meta,
-                   list(train_split.classes), loss_fn.params, used_bank, slot)
+                   test_split, test_shard, subset, subset_images, teacher_subset_logits, teacher_meta,
+                   list(train_split.classes), loss_fn.params, used_bank, slot, group)
+
+
+def _batches(config: TrainConfig, split: data.Split | data.FileSplit, device: torch.device,
+             group: distributed.Group) -> TrainBatches | StreamBatches:
+    """This process's training batches, all full (the short last one is dropped): one compiled shape."""
+    per_process, on_cuda = config.batch_size // group.world, device.type == "cuda"
+    if config.dataset in STREAMED:
+        return StreamBatches(split, per_process, seed=config.seed, device=device, rank=group.rank,
+                             world=group.world, workers=config.workers, channels_last=on_cuda)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    return TrainBatches(split.images.to(device), split.labels.to(device), per_process, split.mean, split.std,
+                        generator=generator, channels_last=on_cuda, drop_last=True, rank=group.rank,
+                        world=group.world, padding=crop_padding(config.dataset, config.data_options))
 
 
 def _use_bank(config: TrainConfig, train_split: data.Split, padding: int, device: torch.device) -> bool:
     """Whether the run reads its teacher logits from config.teacher_bank; says why in one log line."""
     if config.teacher_bank is None:
         return False
-    size = bank.size_bytes(len(train_split.images), len(train_split.classes), padding)
+    size = bank.size_bytes(len(train_split), len(train_split.classes), padding)
     fits, line = bank.fits_in_memory(size, device)
     use = fits or not config.bank_fallback
     print(f"{line}: {'using it' if use else 'running the teacher live instead'}", flush=True)
@@ -232,7 +261,7 @@ def _live_teacher(teacher: nn.Module, compile_mode: str) -> Callable[[TrainBatch
 
 def _make_step(student: nn.Module, loss_fn: losses.DistillLoss,
                teacher_logits: Callable[[TrainBatch], torch.Tensor] | None, optimizer: torch.optim.Optimizer,
-               device: torch.device, precision: str, compile_mode: str):
+               device: torch.device, precision: str, compile_mode: str, fullgraph: bool = True):
     """One optimisation step: (batch, epoch tensor) -> (weighted loss terms, student logits)."""
 
     def forward_loss(x: torch.Tensor, y: torch.Tensor, logits_t: torch.Tensor | None, epoch: torch.Tensor):
@@ -242,7 +271,7 @@ def _make_step(student: nn.Module, loss_fn: losses.DistillLoss,
         return terms, logits_s
 
     # Student forward and loss are one graph (and so is their backward, through AOTAutograd).
-    compiled = (torch.compile(forward_loss, mode=compile_mode, dynamic=False, fullgraph=True)
+    compiled = (torch.compile(forward_loss, mode=compile_mode, dynamic=False, fullgraph=fullgraph)
                 if compile_mode != "none" else forward_loss)
 
     def step(batch: TrainBatch, epoch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -277,15 +306,33 @@ def _train_epoch(session: Session, epoch: int, partial: dict[str, torch.Tensor] 
         for name, value in terms.items():
             sums[name] = sums.get(name, 0) + value * weight
         sums["correct"] = sums.get("correct", 0) + (logits_s.argmax(1) == batch.y).sum()
-        if stop.raised and batches.position < len(batches):
+        if batches.position < len(batches) and _stopping(session, stop, batches.position):
             return sums, False
     return sums, True
+
+
+def _stopping(session: Session, stop: _TermFlag, position: int) -> bool:
+    """Whether to stop after this step: at once with one process; data-parallel processes poll
+    together every STOP_POLL_STEPS steps, so that all stop after the same one."""
+    if session.group.world == 1:
+        return stop.raised
+    return position % STOP_POLL_STEPS == 0 and distributed.anyone(stop.raised, session.group, session.device)
+
+
+def _summed(session: Session, sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every process's sums added up (one all-reduce of them all); unchanged with one process."""
+    if session.group.world == 1:
+        return sums
+    names = sorted(sums)
+    stacked = distributed.total(torch.stack([torch.as_tensor(sums[name], device=session.device).float()
+                                             for name in names]), session.group)
+    return dict(zip(names, stacked))
 
 
 def _epoch_row(session: Session, epoch: int, sums: dict[str, torch.Tensor], seconds: float) -> dict[str, Any]:
     """End of epoch: the one host synchronisation (every term and the accuracy in one transfer),
     then test accuracy and rank fidelity of the eager fp32 student."""
-    seen = len(session.batches) * session.config.batch_size
+    seen = len(session.batches) * session.config.batch_size  # the total batch: summed over processes
     names = [name for name in sums if name != "correct"]
     *term_means, train_top1 = (torch.stack([sums[name].float() for name in [*names, "correct"]]) / seen).tolist()
     mean_terms = dict(zip(names, term_means))
@@ -293,14 +340,7 @@ def _epoch_row(session: Session, epoch: int, sums: dict[str, torch.Tensor], seco
     if bad:
         raise RckdError(f"non-finite loss in epoch {epoch + 1}: term(s) {', '.join(bad)} = "
                         f"{[mean_terms[name] for name in bad]}; lower the lr or check the data and teacher")
-    test_logits = _test_logits(session)
-    test_top1 = (test_logits.argmax(1) == session.test_labels).float().mean().item() * 100
-    tau_nt = ""
-    if session.teacher_subset_logits is not None:
-        subset = session.subset
-        tau = kendall_tau(test_logits[subset].double(), session.teacher_subset_logits.double(),
-                          exclude=session.test_labels[subset])
-        tau_nt = round(torch.nanmean(tau).item(), 6)
+    test_top1, tau_nt = _test_metrics(session)
     lr = lr_at(session.config, epoch)
     return {"epoch": epoch + 1, "lr": float(f"{lr:.6g}"),  # 0.005, not 0.005000000000000001
             **{f"loss_{name}": round(value, 6) for name, value in mean_terms.items()},
@@ -308,19 +348,34 @@ def _epoch_row(session: Session, epoch: int, sums: dict[str, torch.Tensor], seco
             "seconds": round(seconds, 3)}
 
 
-def _test_logits(session: Session) -> torch.Tensor:
-    """Test logits from the eager student in fp32, so accuracy and tau do not depend on bf16 ties."""
+def _test_metrics(session: Session) -> tuple[float, float | str]:
+    """(test top-1 over the whole test set, mean tau_nt on the fixed subset or "" without a teacher)
+    from the eager student in fp32, so neither depends on bf16 ties. Each process scores its shard of
+    the test set; the correct counts are summed over all of them."""
+    config, test, channels_last = session.config, session.test, session.device.type == "cuda"
     session.student.eval()
-    logits = predict_logits(session.student, session.test_images, session.test.mean, session.test.std,
-                            session.config.eval_batch_size, channels_last=session.device.type == "cuda")
+    logits = split_logits(session.student, test, config.eval_batch_size, session.test_shard, workers=config.workers,
+                          channels_last=channels_last)
+    correct = (logits.argmax(1).cpu() == test.labels[session.test_shard]).sum()
+    counts = distributed.total(torch.stack([correct, torch.tensor(len(session.test_shard))]).to(session.device),
+                               session.group).tolist()
+    tau_nt: float | str = ""
+    if session.teacher_subset_logits is not None:
+        subset_logits = predict_logits(session.student, session.subset_images, test.mean, test.std,
+                                       config.eval_batch_size, channels_last=channels_last)
+        subset_labels = test.labels[session.subset].to(session.device)
+        tau = kendall_tau(subset_logits.double(), session.teacher_subset_logits.double(), exclude=subset_labels)
+        tau_nt = round(torch.nanmean(tau).item(), 6)
     session.student.train()
-    return logits
+    return 100 * counts[0] / counts[1], tau_nt
 
 
 def _save_resume(session: Session, path: Path, epoch: int, history: list, elapsed: float,
                  partial: dict[str, torch.Tensor] | None) -> None:
-    """resume.pt after `epoch` whole epochs, plus the sums of the unfinished one (`partial`), whose
-    position the batches' state holds."""
+    """resume.pt after `epoch` whole epochs, plus the sums of the unfinished one (`partial`, summed over
+    the processes), whose position the batches' state holds. Written by the main process only."""
+    if not session.group.main:
+        return
     save_torch(path, {
         "config": session.identity, "epoch": epoch, "history": history, "elapsed": elapsed,
         "partial": partial, "model": session.student.state_dict(), "optimizer": session.optimizer.state_dict(),
@@ -346,15 +401,18 @@ def _resume(session: Session, path: Path) -> tuple[int, list, float, dict[str, t
     session.batches.load_state_dict(state["batches"])
     torch.set_rng_state(state["cpu_rng"])
     partial = state.get("partial")
-    if partial is not None:
-        partial = {name: value.to(session.device) for name, value in partial.items()}
     where = f"step {session.batches.position + 1} of " if partial is not None else ""
-    print(f"resuming {session.config.out} at {where}epoch {state['epoch'] + 1}/{session.config.epochs}", flush=True)
+    if session.group.main:
+        print(f"resuming {session.config.out} at {where}epoch {state['epoch'] + 1}/{session.config.epochs}",
+              flush=True)
+    if partial is not None:  # the sums of every process so far: the main process carries them on
+        partial = {name: value.to(session.device) * session.group.main for name, value in partial.items()}
     return state["epoch"], state["history"], state["elapsed"], partial
 
 
 def _finish(session: Session, out: Path, history: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
-    """history.csv, metrics.json and model.pt; model.pt last, since it marks the run complete."""
+    """history.csv, metrics.json and model.pt, from the main process; model.pt last, since it marks
+    the run complete."""
     config = session.config
     params = session.params
     best = max(history, key=lambda row: row["test_top1"])
@@ -366,17 +424,19 @@ def _finish(session: Session, out: Path, history: list[dict[str, Any]], elapsed:
         "teacher_bank": session.used_bank, "seed": config.seed, "epochs": config.epochs,
         "num_params": sum(p.numel() for p in session.student.parameters()), **summary,
         "wall_seconds": round(elapsed, 2), "device": str(session.device), "precision": session.precision,
-        "compile": session.compile_mode, "train_config": session.identity,
+        "compile": session.compile_mode, "processes": session.group.world, "train_config": session.identity,
     }
     test = session.test
     meta = {
-        "arch": config.arch, "num_classes": len(session.classes), "in_channels": test.images.shape[1],
-        "input_size": list(test.images.shape[1:]), "dataset": config.dataset,
+        "arch": config.arch, "num_classes": len(session.classes), "in_channels": test.input_size[0],
+        "input_size": test.input_size, "dataset": config.dataset,
         "data_options": resolve_options(config.dataset, config.data_options), "mean": list(test.mean),
         "std": list(test.std), "classes": session.classes, "method": config.method, "params": params,
         "teacher": metrics["teacher"], "teacher_arch": teacher_arch, "seed": config.seed, "epochs": config.epochs,
         **summary, "rckd_version": __version__,
     }
+    if not session.group.main:
+        return metrics
     write_csv(out / "history.csv", history)
     write_json(out / "metrics.json", metrics)
     save_model(out / "model.pt", session.student, meta)
@@ -384,11 +444,14 @@ def _finish(session: Session, out: Path, history: list[dict[str, Any]], elapsed:
     return metrics
 
 
-def _resolved_modes(config: TrainConfig, device: torch.device) -> tuple[str, str]:
-    """(precision, compile mode) with "auto" decided: bf16 and CUDA graphs on CUDA, fp32 eager on CPU."""
+def _resolved_modes(config: TrainConfig, device: torch.device, world: int = 1) -> tuple[str, str]:
+    """(precision, compile mode) with "auto" decided: bf16 and CUDA graphs on CUDA (inductor without
+    CUDA graphs for data-parallel runs, whose gradient all-reduces run inside the backward), fp32
+    eager on CPU."""
     on_cuda = device.type == "cuda"
     precision = config.precision if config.precision != "auto" else ("bf16" if on_cuda else "fp32")
-    compile_mode = config.compile if config.compile != "auto" else ("reduce-overhead" if on_cuda else "none")
+    cuda_mode = "reduce-overhead" if world == 1 else "default"
+    compile_mode = config.compile if config.compile != "auto" else (cuda_mode if on_cuda else "none")
     if compile_mode == "reduce-overhead" and not on_cuda:
         raise RckdError("compile reduce-overhead captures CUDA graphs and needs CUDA; on CPU use --compile none "
                         "(or default, inductor's CPU code)")
@@ -400,7 +463,8 @@ def _config_identity(config: TrainConfig, precision: str, compile_mode: str, use
     precision, compile mode and teacher-logit source may not: a bf16 run must not silently continue
     in fp32, nor a banked one with the live teacher)."""
     identity = asdict(config) | {"precision": precision, "compile": compile_mode, "teacher_bank": used_bank}
-    for key in ("out", "data_root", "device", "gpu_slots", "checkpoint_every", "eval_batch_size", "bank_fallback"):
+    for key in ("out", "data_root", "device", "gpu_slots", "checkpoint_every", "eval_batch_size", "bank_fallback",
+                "workers"):
         identity.pop(key)
     identity["teacher"] = str(config.teacher) if config.teacher else None
     identity["milestones"] = list(config.milestones)
@@ -444,7 +508,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher-bank", type=Path, help="the teacher's logit bank (rckd bank) instead of running it")
     parser.add_argument("--bank-fallback", action="store_true",
                         help="run the teacher live if the bank does not fit in memory (teacher_bank: auto)")
-    for name in ("epochs", "batch_size", "seed", "checkpoint_every", "eval_batch_size", "gpu_slots"):
+    for name in ("epochs", "batch_size", "seed", "checkpoint_every", "eval_batch_size", "gpu_slots", "workers"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("lr", "momentum", "weight_decay", "lr_decay"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
@@ -464,8 +528,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         metrics = train(config)
     except Preempted as stopped:
-        print(f"{stopped}; rerun the same command to continue", flush=True)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"{stopped}; rerun the same command to continue", flush=True)
         return PREEMPTED_STATUS
+    finally:
+        distributed.leave()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # the main process reports
     print(f"done: {config.out} best_top1={metrics['best_top1']:.2f} final_top1={metrics['final_top1']:.2f} "
           f"({metrics['wall_seconds']:.1f}s)", flush=True)
     return 0

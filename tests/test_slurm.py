@@ -138,16 +138,19 @@ def test_the_slice_runs_on_slurm_and_equals_the_local_run(cluster, local_run, tm
     assert not any("rule_table" in call or "_table_" in call for call in sbatch_calls)
 
 
-def test_a_gpu_training_job_asks_slurm_for_one_gpu(cluster, tmp_path):
-    """With train.device cuda the train rule requests gpu=1; this node has none, so sbatch refuses
-    ("Invalid generic resource"), and the plugin's log shows the request as SLURM expects it."""
+def test_a_data_parallel_gpu_training_job_asks_slurm_for_its_gpus_on_one_node(cluster, tmp_path):
+    """With train.device cuda and 2 processes the train rule requests gpu=2 on one node; this node has
+    no GPU, so sbatch refuses ("Invalid generic resource"), and the plugin's log shows the request as
+    SLURM expects it."""
     status, output = snakemake(tmp_path, f"results/synthetic/runs/{RUNS[0]}/model.pt", *slurm_args(cluster),
-                               "--verbose", "--retries", "0", extra="train: {device: cuda}\n", timeout=240)
+                               "--verbose", "--retries", "0", extra="train: {device: cuda, processes: 2}\n",
+                               timeout=240)
     assert status != 0
     calls = [line for line in output.splitlines() if "sbatch call:" in line]
     assert calls, output[-3000:]
     train_call = next(call for call in calls if "rule_train" in call)
-    for request in ("--gpus=1", "--cpus-per-task=1", "--mem 1500", "-t 10", "-p debug"):  # runtime: train.runtime
+    for request in ("--gpus=2", "--nodes=1", "--cpus-per-task=1", "--mem 1500", "-t 10",  # runtime: train.runtime
+                    "-p debug"):
         assert request in train_call, (request, train_call)
 
 

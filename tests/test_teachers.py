@@ -181,3 +181,65 @@ def test_an_unknown_family_or_arch_is_refused(tmp_path):
 def test_cifar100_class_names_are_the_100_sorted_fine_labels():
     assert len(set(CIFAR100_CLASSES)) == 100 and list(CIFAR100_CLASSES) == sorted(CIFAR100_CLASSES)
     assert CIFAR100_CLASSES[:3] == ("apple", "aquarium_fish", "baby") and CIFAR100_CLASSES[-1] == "worm"
+
+
+# --- torchvision's ImageNet teachers ------------------------------------------------------------
+
+
+def _torchvision_checkpoint(path: Path, name: str = "resnet18") -> torch.nn.Module:
+    """A torchvision ResNet with random weights (and settled BN statistics), saved as its state dict."""
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, name)(weights=None)
+    with torch.no_grad():
+        reference.train()(torch.randn(4, 3, 64, 64))
+    torch.save(reference.state_dict(), path)
+    return reference.eval()
+
+
+def test_a_torchvision_checkpoint_imports_to_the_same_logits(tmp_path):
+    reference = _torchvision_checkpoint(tmp_path / "weights.pth")
+    out, metrics = tmp_path / "model.pt", tmp_path / "metrics.json"
+    assert cli(["import-teacher", "--source", "torchvision", "--arch", "tv_resnet18", "--checkpoint",
+                str(tmp_path / "weights.pth"), "--out", str(out), "--metrics", str(metrics),
+                "--data-option", "image_size=64", "--data-option", "resize_size=72"]) == 0
+    model, meta = load_model(out)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-5)
+    assert meta["dataset"] == "imagenet" and meta["input_size"] == [3, 64, 64] and len(meta["classes"]) == 1000
+    assert meta["data_options"] == {"image_size": 64, "resize_size": 72, "min_scale": 0.08}
+    record = json.loads(metrics.read_text())
+    assert record["source"] == "torchvision" and record["published_top1"] == 69.758 and record["method"] == "ce"
+
+
+def test_a_torchvision_file_under_its_published_name_must_match_the_hash_in_the_name(tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    _torchvision_checkpoint(folder / "resnet18-f37072fd.pth")  # random weights: not the published file
+    with pytest.raises(RckdError, match="not torchvision's resnet18-f37072fd.pth: its SHA-256 starts"):
+        from rckd.teachers import torchvision as tv_source
+
+        tv_source.import_teacher("tv_resnet18", tmp_path / "model.pt", archive=folder)
+
+
+def test_an_offline_torchvision_download_says_how_to_provide_the_file(tmp_path, monkeypatch):
+    from rckd.teachers import torchvision as tv_source
+
+    def offline(url, destination, progress=True):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(RckdError, match=r"downloading https://download.pytorch.org/models/resnet34-b627a593.pth "
+                                        r"failed .*put it into .*--checkpoint FILE"):
+        tv_source.import_teacher("tv_resnet34", tmp_path / "model.pt", archive=tmp_path / "none")
+
+
+def test_a_state_dict_of_another_model_is_refused_with_the_key_problem(tmp_path):
+    _torchvision_checkpoint(tmp_path / "r34.pth", "resnet34")
+    with pytest.raises(RckdError, match="not a torchvision resnet18 state dict"):
+        from rckd.teachers import torchvision as tv_source
+
+        tv_source.import_teacher("tv_resnet18", tmp_path / "model.pt", checkpoint=tmp_path / "r34.pth")

@@ -120,7 +120,7 @@ def test_default_config_plans_every_job_once(tmp_path):
     }
 
 
-@pytest.mark.parametrize("configfile", ["config.yaml", "quick.yaml", "fashion.yaml"])
+@pytest.mark.parametrize("configfile", ["config.yaml", "quick.yaml", "fashion.yaml", "imagenet.yaml"])
 def test_planning_needs_no_torch(tmp_path, configfile):
     """The process that plans the DAG never imports torch: a torch that fails to import changes nothing."""
     blocker = tmp_path / "blocker" / "torch"
@@ -163,7 +163,10 @@ BAD_CONFIGS = {
                                "sweep: {beta: [1, 2]}}}", ["method", "required"]),
     "published teachers of other data": ("dataset: synthetic\nteachers: {source: mdistiller}",
                                          ["teachers.source", "synthetic"]),
-    "unknown dataset": ("dataset: imagenet", ["imagenet", "cifar100"]),
+    "unknown dataset": ("dataset: mnist", ["mnist", "cifar100", "imagenet"]),
+    "bank of random-resized crops": ('dataset: imagenet\ntrain: {teacher_bank: "on"}',
+                                     ["train.teacher_bank", "random sizes"]),
+    "batch that does not divide": ("train: {processes: 3}", ["train.batch_size", "64", "processes = 3"]),
     "untrained teacher": ("experiments: {main: {teachers: [resnet56], methods: [kd], "
                           "pairs: [{teacher: vgg13, student: vgg8}]}}",
                           ["experiments.main.pairs[0].teacher", "vgg13", "resnet56"]),
@@ -226,6 +229,27 @@ def test_published_teachers_are_imported_not_trained(tmp_path):
     assert any(run.endswith("resnet20/none/ce/default/seed0") for run in commands)
 
 
+def test_imagenet_config_plans_its_table_with_imported_teachers_and_data_parallel_runs(tmp_path):
+    """config/imagenet.yaml: 2 pairs x (vanilla + 5 methods) trained by torchrun on 8 processes with the
+    total batch 512, torchvision's teachers imported (downloaded by the job), no bank, 12 students exported."""
+    result = snakemake(tmp_path, "-n", "-p", "--configfile", str(ROOT / "config" / "imagenet.yaml"),
+                       "--resources", "gpu=8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    assert {rule: counts.get(rule, 0) for rule in ("train", "import_teacher", "evaluate", "export_onnx",
+                                                   "teacher_bank")} == {
+        "train": 12, "import_teacher": 2, "evaluate": 14, "export_onnx": 12, "teacher_bank": 0}
+    commands = re.findall(r"python -m torch\.distributed\.run --standalone --nproc_per_node 8 -m rckd train (.*?) "
+                          r"--out (\S+)", result.stdout)
+    assert len(commands) == 12
+    assert all("--dataset imagenet" in args and "--batch-size 512" in args and "--lr 0.2" in args
+               and "--milestones 30 60 90" in args and "--workers 6" in args for args, _ in commands)
+    students = {out.split("/runs/")[1].split("/")[0] for _, out in commands}
+    assert students == {"tv_resnet18", "mobilenetv1"}
+    assert "import-teacher --source torchvision --arch tv_resnet34" in result.stdout
+    assert any("/mobilenetv1/tv_resnet50/dkd/T=1,beta=2,warmup=1/" in out for _, out in commands)
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -279,3 +303,41 @@ def test_quick_dag_end_to_end(tmp_path):
     trained = re.findall(r"^rule train:\n(?:.*\n)*?\s+output: (\S+)/model\.pt", plan.stdout, re.M)
     kd_runs = {run for name, run in expected_labelled_runs(quick) if name == "kd"}
     assert len(trained) == len(kd_runs) and all("/kd/T=3/" in path for path in trained)
+
+
+@pytest.mark.slow
+def test_imagenet_layout_dag_end_to_end_with_two_processes_per_run(tmp_path):
+    """The ImageNet path of the DAG on a tiny ImageFolder of JPEGs: the index, data-parallel training
+    through torchrun (2 gloo processes per run), streamed evaluation, ONNX export at the configured
+    crop size, latency and the tables."""
+    from rckd.data.options import make_options
+    from rckd.data.synthetic import write_image_folder
+
+    write_image_folder(tmp_path / "data" / "imagenet", make_options(
+        {"num_superclasses": 2, "classes_per_superclass": 2, "train_per_class": 16, "test_per_class": 6,
+         "image_size": 40}))
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(
+        "data: {options: {image_size: 32, resize_size: 36}}\n"
+        "train: {epochs: 2, batch_size: 16, lr: 0.05, milestones: [1], teacher_epochs: 2, processes: 2, workers: 1, "
+        "device: cpu, precision: fp32, compile: none, threads: 2, mem_mb: 2000, runtime: 30}\n"
+        "teachers: {source: train}\n"
+        "experiments: {main: {teachers: [resnet14], methods: [kd, rckd], pairs: [{teacher: resnet14, student: resnet8}]}}\n"
+        "evaluate: {device: cpu, batch_size: 50}\n"
+        "bench: {batch_sizes: [1], warmup: 1, min_iters: 3, min_seconds: 0.0}\n"
+        "export: {calibration_size: 16, test_images: 0}\n"
+    )
+    configs = ["--configfile", str(ROOT / "config" / "imagenet.yaml"), str(tiny)]
+    result = snakemake(tmp_path, *configs)
+    assert result.returncode == 0, result.stderr[-5000:]
+    results = tmp_path / "results" / "imagenet"
+    assert (tmp_path / "data" / "imagenet.pt").exists()
+    rows = read_csv(results / "main" / "summary.csv")
+    assert len(rows) == 4 and all(0 <= float(row["best_top1"]) <= 100 for row in rows)
+    runs = list((results / "runs").glob("*/*/*/*/seed0/metrics.json"))
+    assert len(runs) == 4 and all(json.loads(path.read_text())["processes"] == 2 for path in runs)
+    exports = [json.loads(path.read_text()) for path in (results / "deploy").glob("**/export.json")]
+    assert len(exports) == 3 and all(record["test_images"] == 24 for record in exports)
+    latency = read_csv(results / "deploy" / "latency.csv")
+    assert latency and all(float(row["p50_ms"]) > 0 for row in latency)
+    assert "KD" in (results / "main" / "table.md").read_text()

@@ -63,7 +63,7 @@ def normalize(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
     """float32 (x - mean) / std per channel; uint8 input is first scaled to [0, 1] like ToTensor,
     floating input is taken to be in [0, 1] already. Keeps the input's memory format."""
     scaled = images.float().div(255) if images.dtype == torch.uint8 else images.float()
-    return scaled.sub(_channel_tensor(mean, images)).div(_channel_tensor(std, images))
+    return scaled.sub(channel_tensor(mean, images)).div(channel_tensor(std, images))
 
 
 def random_views(batch_size: int, padding: int, *, generator: torch.Generator | None = None,
@@ -81,13 +81,16 @@ class TrainBatches:
 
     `iter(batches)` (or `batches.epoch()`) runs one epoch: a fresh device permutation, then
     `len(batches)` `TrainBatch`es. `state_dict()` saved between epochs, or between two batches of
-    one, and loaded into a new instance reproduces every later batch bit for bit.
+    one, and loaded into a new instance reproduces every later batch bit for bit. With `world`
+    processes (data-parallel training) every one draws the same permutation and views for global
+    batches of batch_size * world images and keeps its `rank`-th part: together they see what one
+    process with the total batch sees.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
                  mean: Sequence[float], std: Sequence[float], *, augment: bool = True, padding: int = PADDING,
                  drop_last: bool = False, generator: torch.Generator | None = None,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, rank: int = 0, world: int = 1) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         if labels.shape != images.shape[:1] or labels.device != images.device:
@@ -95,17 +98,20 @@ class TrainBatches:
         self.images, self.labels = images, labels
         self.batch_size, self.augment, self.padding = batch_size, augment, padding
         self.drop_last, self.channels_last = drop_last, channels_last
+        if world > 1 and not drop_last:
+            raise ValueError("data-parallel batches need drop_last (every process takes equal parts)")
+        self.rank, self.world = rank, world
         self.generator = generator if generator is not None else torch.Generator(images.device).manual_seed(0)
         if self.generator.device.type != images.device.type:  # torch itself only checks the type
             raise ValueError(f"generator is on {self.generator.device}, images on {images.device}")
-        self.mean = _channel_tensor(mean, images)
-        self.std = _channel_tensor(std, images)
+        self.mean = channel_tensor(mean, images)
+        self.std = channel_tensor(std, images)
         self.order: torch.Tensor | None = None  # this epoch's permutation while one is under way
         self.position = 0  # batches of it already drawn
 
     def __len__(self) -> int:
-        count = self.images.shape[0]
-        return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
+        count, total = self.images.shape[0], self.batch_size * self.world
+        return count // total if self.drop_last else math.ceil(count / total)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.epoch()
@@ -115,18 +121,22 @@ class TrainBatches:
             self.order = torch.randperm(self.images.shape[0], generator=self.generator, device=self.images.device)
             self.position = 0
         identity = view_count(self.padding) // 2 - 1  # no shift, no flip
+        total, part = self.batch_size * self.world, slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         while self.position < len(self):
-            start = self.position * self.batch_size
-            index = self.order[start:start + self.batch_size]
+            start = self.position * total
+            index = self.order[start:start + total]
+            if self.augment:  # the views of the whole global batch, so the generator advances alike everywhere
+                offsets, flips = random_views(index.shape[0], self.padding, generator=self.generator)
+                offsets, flips = offsets[part], flips[part]
+            index = index[part] if self.world > 1 else index
             images = self.images.index_select(0, index)
             if self.augment:
-                offsets, flips = random_views(index.shape[0], self.padding, generator=self.generator)
                 images = crop_flip(images, offsets, flips, self.padding)
                 view = view_id(offsets, flips, self.padding)
             else:
                 view = torch.full_like(index, identity)
             self.position += 1
-            yield TrainBatch(_to_model_input(images, self.mean, self.std, self.channels_last),
+            yield TrainBatch(to_model_input(images, self.mean, self.std, self.channels_last),
                              self.labels.index_select(0, index), index, view)
         self.order = None
 
@@ -143,9 +153,9 @@ class TrainBatches:
 def eval_inputs(images: torch.Tensor, batch_size: int, mean: Sequence[float], std: Sequence[float], *,
                 channels_last: bool = False) -> Iterator[torch.Tensor]:
     """Normalised batches of `images` in their stored order, without augmentation."""
-    mean_tensor, std_tensor = _channel_tensor(mean, images), _channel_tensor(std, images)
+    mean_tensor, std_tensor = channel_tensor(mean, images), channel_tensor(std, images)
     for start in range(0, images.shape[0], batch_size):
-        yield _to_model_input(images[start:start + batch_size], mean_tensor, std_tensor, channels_last)
+        yield to_model_input(images[start:start + batch_size], mean_tensor, std_tensor, channels_last)
 
 
 def eval_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: Sequence[float],
@@ -156,13 +166,14 @@ def eval_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, me
         yield x, labels[start:start + batch_size]
 
 
-def _to_model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+def to_model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                     channels_last: bool) -> torch.Tensor:
     if channels_last:  # converting the uint8 batch is 4x cheaper than the float one
         images = images.contiguous(memory_format=torch.channels_last)
     return normalize(images, mean, std)
 
 
-def _channel_tensor(values: Sequence[float] | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def channel_tensor(values: Sequence[float] | torch.Tensor, like: torch.Tensor | torch.device) -> torch.Tensor:
     """[1, C, 1, 1] float32 on `like`'s device (a no-op for a tensor already made this way)."""
-    return torch.as_tensor(values, dtype=torch.float32, device=like.device).view(1, -1, 1, 1)
+    device = like if isinstance(like, torch.device) else like.device
+    return torch.as_tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)

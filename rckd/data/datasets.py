@@ -6,8 +6,11 @@
 | `fashion_mnist` | 1x28x28 | 10 | 60000 / 10000 | (0.2860,), (0.3530,), measured on the training set |
 | `synthetic` | 3x32x32 | K*M (100) | 100 / 20 per class | measured on its training set; with the default |
 | | | | | options (0.5025, 0.4821, 0.4761), (0.2432, 0.2000, 0.2024) |
+| `imagenet` | 3x224x224 crops | 1000 | 1281167 / 50000 | the customary (0.485, 0.456, 0.406), (0.229, 0.224, 0.225) |
 
-`synthetic` takes the options of `rckd.data.options.SyntheticOptions`; the others take none.
+`synthetic` takes the options of `rckd.data.options.SyntheticOptions`, `imagenet` those of
+`ImageFolderOptions`; the others take none. `imagenet` (any ImageFolder tree in fact) is streamed
+from its files: its splits are `FileSplit`s (`rckd.data.imagefolder`).
 CIFAR-100 comes through torchvision (`<root>/cifar-100-python`); Fashion-MNIST from the Debian
 package dataset-fashion-mnist when installed, else from torchvision's download in `<root>`.
 """
@@ -24,9 +27,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from rckd.data import cache, synthetic
-from rckd.data.options import resolve_options
-from rckd.data.split import Split
+from rckd.data import cache, imagefolder, synthetic
+from rckd.data.options import STREAMED, resolve_options
+from rckd.data.split import FileSplit, Split
 from rckd.errors import RckdError
 
 SPLITS = ("train", "test")
@@ -55,16 +58,20 @@ FASHION_MNIST_FILES = {
 }
 
 
-def load(name: str, root: str | os.PathLike, split: str, *, download: bool = False, **options: Any) -> Split:
+def load(name: str, root: str | os.PathLike, split: str, *, download: bool = False,
+         **options: Any) -> Split | FileSplit:
     """One split of a data set: from `<root>/<name>.pt` when `rckd prepare` wrote it, else from the source."""
     if split not in SPLITS:
         raise RckdError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     return load_splits(name, root, download=download, **options)[split]
 
 
-def load_splits(name: str, root: str | os.PathLike, *, download: bool = False, **options: Any) -> dict[str, Split]:
+def load_splits(name: str, root: str | os.PathLike, *, download: bool = False,
+                **options: Any) -> dict[str, Split] | dict[str, FileSplit]:
     """Both splits from one read of the cache (or one build from the source): {"train": ..., "test": ...}."""
     resolved = resolve_options(name, options)
+    if name in STREAMED:
+        return imagefolder.load_splits(root, name, resolved)
     path = cache.cache_path(root, name)
     if path.exists():
         return cache.read(path, name, root, resolved, download=download)

@@ -1,6 +1,8 @@
 """Data set names and options, checked without torch: the workflow validates them while it plans.
 
-`synthetic` takes the options of `SyntheticOptions`; the other data sets take none.
+`synthetic` takes the options of `SyntheticOptions`, `imagenet` those of `ImageFolderOptions`; the
+other data sets take none. `imagenet` is streamed from its files (`STREAMED`); the others live in
+memory as uint8 tensors.
 """
 
 from __future__ import annotations
@@ -12,15 +14,19 @@ from typing import Any
 
 from rckd.errors import RckdError
 
-DATASETS = ("cifar100", "fashion_mnist", "synthetic")
+DATASETS = ("cifar100", "fashion_mnist", "imagenet", "synthetic")
+STREAMED = ("imagenet",)  # decoded from image files batch by batch: too large to hold in memory
 PADDING = 4  # the training crop's zero padding in the standard CIFAR recipe
 
 
-def crop_padding(name: str, options: dict[str, Any]) -> int:
+def crop_padding(name: str, options: dict[str, Any]) -> int | None:
     """The training crop's zero padding of a data set: CIFAR's 4 pixels, and for the synthetic images
-    the shift range they are generated with (1/8 of their size: 4 pixels at 32x32, 2 at 16x16)."""
+    the shift range they are generated with (1/8 of their size: 4 pixels at 32x32, 2 at 16x16).
+    None for a streamed data set, whose random-resized crops are not a finite set of views."""
     if name == "synthetic":
         return make_options(options).max_shift
+    if name in STREAMED:
+        return None
     return PADDING
 
 
@@ -49,38 +55,52 @@ class SyntheticOptions:
         return self.image_size + 2 * self.max_shift
 
 
-_MAY_BE_ZERO = ("seed", "difficulty")
+@dataclass(frozen=True)
+class ImageFolderOptions:
+    """The ImageNet recipe's sizes: train on RandomResizedCrop(image_size) of at least `min_scale` of
+    the image, test on the centre image_size crop of the image resized to `resize_size` (shorter side)."""
+
+    image_size: int = 224
+    resize_size: int = 256
+    min_scale: float = 0.08
 
 
-def make_options(values: dict[str, Any]) -> SyntheticOptions:
-    """Checked options from user values (e.g. `--data-option difficulty=2`); defaults fill the rest."""
-    defaults = dataclasses.asdict(SyntheticOptions())
+_OPTIONS = {"synthetic": SyntheticOptions, "imagenet": ImageFolderOptions}
+_LOWEST = {"seed": 0, "difficulty": 0, "image_size": 8, "resize_size": 8, "min_scale": 0.01}
+
+
+def make_options(values: dict[str, Any], name: str = "synthetic") -> Any:
+    """Checked options of data set `name` from user values (e.g. `--data-option difficulty=2`);
+    defaults fill the rest."""
+    kind = _OPTIONS[name]
+    defaults = dataclasses.asdict(kind())
     unknown = sorted(set(values) - set(defaults))
     if unknown:
-        raise RckdError(f"unknown synthetic option(s) {unknown}; choose from: {', '.join(defaults)}")
+        raise RckdError(f"unknown {name} option(s) {unknown}; choose from: {', '.join(defaults)}")
     checked = {}
     for key, default in defaults.items():
         value = values.get(key, default)
         if isinstance(default, float) and type(value) is int:
             value = float(value)
-        lowest = 0 if key in _MAY_BE_ZERO else 8 if key == "image_size" else 1
+        lowest = _LOWEST.get(key, 1)
         if type(value) is not type(default) or value < lowest:
-            raise RckdError(f"synthetic option {key} must be {type(default).__name__} >= {lowest}, got {value!r}")
+            raise RckdError(f"{name} option {key} must be {type(default).__name__} >= {lowest}, got {value!r}")
         checked[key] = value
-    return SyntheticOptions(**checked)
-
-
+    made = kind(**checked)
+    if name == "imagenet" and not (made.resize_size >= made.image_size and made.min_scale <= 1):
+        raise RckdError(f"imagenet options need resize_size >= image_size and min_scale <= 1, got {checked}")
+    return made
 
 
 def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """Every option of data set `name` with defaults filled in, checked; a cache records these."""
     if name not in DATASETS:
         raise RckdError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
-    if name != "synthetic":
+    if name not in _OPTIONS:
         if options:
             raise RckdError(f"data set {name} takes no options, got {sorted(options)}")
         return {}
-    return dataclasses.asdict(make_options(options))
+    return dataclasses.asdict(make_options(options, name))
 
 
 def parse_option(text: str) -> tuple[str, Any]:

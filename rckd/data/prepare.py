@@ -10,16 +10,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rckd.data import cache
+from rckd.data import cache, imagefolder
 from rckd.data.datasets import build
-from rckd.data.options import DATASETS, add_data_option_argument, resolve_options
+from rckd.data.options import DATASETS, STREAMED, add_data_option_argument, resolve_options
 from rckd.errors import RckdError
 
 
 def prepare_cache(name: str, root: str | os.PathLike, *, download: bool = False, **options: Any) -> Path:
     """Write `<root>/<name>.pt` unless a valid cache built with the same options is already there
-    (a corrupt or differently built one is replaced); returns its path."""
+    (a corrupt or differently built one is replaced); returns its path. A streamed data set's file is
+    the index of its image files, rescanned every time (its options only change the transforms)."""
     resolved = resolve_options(name, options)
+    if name in STREAMED:
+        return imagefolder.write_index(root, name)
     path = cache.cache_path(root, name)
     if path.exists():
         try:
@@ -37,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory for the source files and the cache")
     parser.add_argument("--download", action="store_true", help="let torchvision download a missing source")
     add_data_option_argument(parser, "a data set option (synthetic: num_superclasses, classes_per_superclass, "
-                             "train_per_class, test_per_class, seed, difficulty, image_size); repeatable")
+                             "train_per_class, test_per_class, seed, difficulty, image_size; imagenet: "
+                             "image_size, resize_size, min_scale); repeatable")
 
 
 def run(args: argparse.Namespace) -> int:

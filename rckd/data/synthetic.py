@@ -16,6 +16,8 @@ larger values make sibling classes overlap more.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -102,3 +104,21 @@ def _samples(prototypes: torch.Tensor, options: SyntheticOptions, per_class: int
     images = windows + options.difficulty * (nuisance + noise)
     pixels = (GREY_LEVEL + GREY_SCALE * images).round().clamp(0, 255).to(torch.uint8)
     return pixels.contiguous(), labels
+
+
+def write_image_folder(folder: Path, options: SyntheticOptions, quality: int = 95) -> dict[str, int]:
+    """The synthetic data set as JPEG files in ImageNet's layout (folder/train/<class>/*.jpeg and
+    folder/val/<class>/*.jpeg): a small stand-in for ImageNet in tests and benchmarks. Returns the
+    number of files per split."""
+    from PIL import Image
+
+    names = class_names(options)
+    counts = {}
+    for split, (images, labels) in generate(options).items():
+        target = folder / ("train" if split == "train" else "val")
+        for number, (image, label) in enumerate(zip(images, labels.tolist())):
+            path = target / names[label] / f"{number:06d}.jpeg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(path, quality=quality)
+        counts[split] = len(labels)
+    return counts

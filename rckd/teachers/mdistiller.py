@@ -20,12 +20,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from rckd import __version__, models
-from rckd.checkpoint import save_model
+from rckd import models
 from rckd.data.datasets import CIFAR100_CLASSES, CIFAR100_MEAN, CIFAR100_STD
 from rckd.errors import RckdError
-from rckd.io import write_json
 from rckd.teachers import MDISTILLER_ARCHIVE_URL, SOURCES
+from rckd.teachers.output import save_teacher
 
 # Their optimizer state holds numpy float64 learning rates; numpy 1.x pickles name the scalar
 # constructor numpy.core.multiarray.scalar, numpy 2 numpy._core.multiarray.scalar.
@@ -188,18 +187,7 @@ def import_teacher(arch: str, out: Path, *, archive: Path | None = None, checkpo
     model.load_state_dict(translate(arch, state, model))
     record = {"source": "mdistiller", "source_file": where, "source_sha256": hashlib.sha256(raw).hexdigest(),
               "num_tensors": len(state)}
-    meta = {
-        "arch": arch, "num_classes": len(CIFAR100_CLASSES), "in_channels": 3, "input_size": [3, 32, 32],
-        "dataset": "cifar100", "data_options": {}, "mean": list(CIFAR100_MEAN), "std": list(CIFAR100_STD),
-        "classes": list(CIFAR100_CLASSES), "method": "ce", "params": {}, "teacher": None, "teacher_arch": None,
-        "seed": 0, "epochs": 240, "final_top1": None, "best_top1": None, "best_epoch": None,
-        "rckd_version": __version__, **record,
-    }
-    save_model(out, model, meta)
-    if metrics_path is not None:
-        write_json(metrics_path, {
-            "arch": arch, "dataset": "cifar100", "method": "ce", "params": {}, "teacher": None, "teacher_arch": None,
-            "seed": 0, "epochs": 240, "num_params": sum(p.numel() for p in model.parameters()),
-            "best_top1": None, "final_top1": None, "wall_seconds": 0.0, **record,
-        })
+    data = {"dataset": "cifar100", "data_options": {}, "input_size": [3, 32, 32], "mean": CIFAR100_MEAN,
+            "std": CIFAR100_STD, "classes": CIFAR100_CLASSES}
+    save_teacher(out, model, arch, data, record, metrics_path, epochs=240)
     return record

@@ -1,6 +1,7 @@
 # Shared helpers: the runs each experiment needs, their directories, and the checks the JSON schema
 # cannot express (cross references between keys). Planning imports only rckd's torch-free modules
 # (the loss catalogue, the data options, the run-name format), so the DAG and the jobs agree on them.
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from rckd.data.options import crop_padding, resolve_options, view_count
 from rckd.errors import RckdError
 from rckd.losses import catalog
 from rckd.report.summary import format_params, format_value
-from rckd.teachers import SOURCES
+from rckd.teachers import SOURCE_DATASETS, SOURCES
 
 DATASET = config["dataset"]
 RESULTS = f"{config['results']}/{DATASET}"
@@ -157,9 +158,16 @@ try:
     RUNS = {run.name: run for name in EXPERIMENTS for run in experiment_runs(name)}
 except RckdError as err:  # bad data options or loss parameters stop the DAG here, not hours later in a job
     config_error("data.options or methods", str(err))
-if TEACHER_SOURCE != "train" and DATASET != "cifar100":
-    config_error("teachers.source", f"{TEACHER_SOURCE} teachers are CIFAR-100 models; use source: train "
-                 f"for {DATASET}")
+if TEACHER_SOURCE != "train" and DATASET != SOURCE_DATASETS[TEACHER_SOURCE]:
+    config_error("teachers.source", f"{TEACHER_SOURCE} teachers are {SOURCE_DATASETS[TEACHER_SOURCE]} models; "
+                 f"use source: train for {DATASET}")
+PROCESSES = config["train"]["processes"]
+if PROCESSES > 1 and config["train"]["batch_size"] % PROCESSES:
+    config_error("train.batch_size", f"{config['train']['batch_size']} (the total) does not divide among "
+                 f"train.processes = {PROCESSES}")
+# A data-parallel run is one job that starts its processes itself, one per GPU of its node.
+TRAIN_COMMAND = ("python -m rckd train" if PROCESSES == 1 else
+                 f"python -m torch.distributed.run --standalone --nproc_per_node {PROCESSES} -m rckd train")
 
 
 def deploy_runs():
@@ -207,7 +215,8 @@ def train_args(wildcards):
         f"--precision {train['precision']}",
         f"--compile {train['compile']}",
         f"--checkpoint-every {train['checkpoint_every']}",
-        f"--gpu-slots {train['jobs_per_gpu'] if ON_GPU else 0}",
+        f"--gpu-slots {train['jobs_per_gpu'] if ON_GPU and PROCESSES == 1 else 0}",
+        f"--workers {train['workers']}",
     ]
     args.append(data_options_args())
     args += [f"--param {key}={format_value(value)}" for key, value in sorted(run.params.items())]
@@ -217,6 +226,20 @@ def train_args(wildcards):
         args.append(f"--teacher-bank {bank_path(run)}")
         args += ["--bank-fallback"] if config["train"]["teacher_bank"] == "auto" else []
     return " ".join(args)
+
+
+def import_args(wildcards, input):
+    """`rckd import-teacher` source arguments: mdistiller's archive, or torchvision's weight folder
+    when there is one (else the job downloads the weights), and the data options for its metadata."""
+    archive = config["teachers"]["archive"]
+    if TEACHER_SOURCE == "mdistiller":
+        return f"--archive {shlex.quote(input.archive)}"
+    folder = f"--archive {shlex.quote(archive)} " if os.path.isdir(archive) else ""
+    return folder + data_options_args()
+
+
+def import_inputs(wildcards):
+    return {"archive": config["teachers"]["archive"]} if TEACHER_SOURCE == "mdistiller" else {}
 
 
 def data_options_args():
@@ -281,8 +304,12 @@ def bank_plan():
             for name, epochs in student_epochs.items()}
 
 
-BANK_VIEWS = view_count(crop_padding(DATASET, config["data"]["options"]))  # crop offsets x flips
-BANKED = bank_plan()
+_PADDING = crop_padding(DATASET, config["data"]["options"])  # None: random-resized crops, no finite views
+if _PADDING is None and config["train"]["teacher_bank"] == "on":
+    config_error("train.teacher_bank", f"{DATASET} is cropped at random sizes: a bank cannot hold every view; "
+                 f"use auto or off")
+BANK_VIEWS = view_count(_PADDING) if _PADDING is not None else None  # crop offsets x flips
+BANKED = bank_plan() if _PADDING is not None else {run.teacher_run.name: False for run in RUNS.values() if run.teacher}
 
 
 def bank_path(run):

@@ -9,6 +9,7 @@ rule export_onnx:
     params:
         root=lambda wildcards, input: os.path.dirname(input.data),
         options=data_options_args(),
+        test_images=config["export"]["test_images"],
         int8=lambda wildcards, output: (
             f"--int8-out {output.int8} --calibration-size {config['export']['calibration_size']}"
             if config["export"]["int8"]
@@ -26,7 +27,7 @@ rule export_onnx:
         runtime=30,
     shell:
         "python -m rckd export --model {input.model} --data-root {params.root} {params.options} --out {output.onnx} "
-        "{params.int8} --threads {threads} --report {output.report} > {log} 2>&1"
+        "{params.int8} --test-images {params.test_images} --threads {threads} --report {output.report} > {log} 2>&1"
 
 
 rule bench:

@@ -10,6 +10,7 @@ rule evaluate:
         device=config["evaluate"]["device"],
         options=data_options_args(),
         slots=config["train"]["jobs_per_gpu"] if EVAL_ON_GPU else 0,
+        workers=config["train"]["workers"],
     log:
         f"{LOGS}/evaluate/{{run}}.log",
     benchmark:
@@ -24,5 +25,5 @@ rule evaluate:
     shell:
         "python -m rckd evaluate --model {input.model} {params.teacher} --data-root {params.root} "
         "--batch-size {params.batch_size} --device {params.device} --gpu-slots {params.slots} {params.options} "
-        "--threads {threads} "
+        "--threads {threads} --workers {params.workers} "
         "--out {output} > {log} 2>&1"

@@ -9,6 +9,8 @@ rule train:
     params:
         args=train_args,
         out=lambda wildcards: RUNS[wildcards.run].dir,
+        # torch threads per process: the job's cores are shared by its data-parallel processes
+        threads=lambda wildcards, threads: max(1, threads // PROCESSES),
     wildcard_constraints:
         run=TRAINED_RUN_PATTERN,
     log:
@@ -21,16 +23,17 @@ rule train:
     resources:
         mem_mb=config["train"]["mem_mb"],
         runtime=config["train"]["runtime"],
-        gpu=1 if ON_GPU else 0,
+        gpu=PROCESSES if ON_GPU else 0,
+        nodes=1,  # torchrun --standalone: a run's processes share one node
     shell:
-        "python -m rckd train {params.args} --threads {threads} --out {params.out} > {log} 2>&1"
+        f"{TRAIN_COMMAND} {{params.args}} --threads {{params.threads}} --out {{params.out}} > {{log}} 2>&1"
 
 
 # Published teachers (config teachers.source) are imported, not trained; `rckd evaluate` then
 # measures them like any run.
 rule import_teacher:
     input:
-        archive=config["teachers"]["archive"],
+        unpack(import_inputs),
     output:
         model=f"{RESULTS}/runs/{{arch}}/none/ce/{TEACHER_SOURCE}/seed{{seed}}/model.pt",
         metrics=f"{RESULTS}/runs/{{arch}}/none/ce/{TEACHER_SOURCE}/seed{{seed}}/metrics.json",
@@ -38,6 +41,7 @@ rule import_teacher:
         arch="|".join(IMPORTS) or "no-imports",
     params:
         source=TEACHER_SOURCE,
+        args=import_args,
     log:
         f"{LOGS}/import_teacher/{{arch}}-seed{{seed}}.log",
     benchmark:
@@ -49,7 +53,7 @@ rule import_teacher:
         mem_mb=4000,
         runtime=10,
     shell:
-        "python -m rckd import-teacher --source {params.source} --arch {wildcards.arch} --archive {input.archive} "
+        "python -m rckd import-teacher --source {params.source} --arch {wildcards.arch} {params.args} "
         "--out {output.model} --metrics {output.metrics} > {log} 2>&1"
 
 
