@@ -360,9 +360,10 @@ def _test_metrics(session: Session) -> tuple[float, float | str]:
     counts = distributed.total(torch.stack([correct, torch.tensor(len(session.test_shard))]).to(session.device),
                                session.group).tolist()
     tau_nt: float | str = ""
-    if session.teacher_subset_logits is not None:
-        subset_logits = predict_logits(session.student, session.subset_images, test.mean, test.std,
-                                       config.eval_batch_size, channels_last=channels_last)
+    if session.teacher_subset_logits is not None:  # one process has every test logit already
+        subset_logits = (logits[session.subset.to(logits.device)] if session.group.world == 1 else
+                         predict_logits(session.student, session.subset_images, test.mean, test.std,
+                                        config.eval_batch_size, channels_last=channels_last))
         subset_labels = test.labels[session.subset].to(session.device)
         tau = kendall_tau(subset_logits.double(), session.teacher_subset_logits.double(), exclude=subset_labels)
         tau_nt = round(torch.nanmean(tau).item(), 6)
