@@ -128,7 +128,7 @@ class TrainBatches:
             if self.augment:  # the views of the whole global batch, so the generator advances alike everywhere
                 offsets, flips = random_views(index.shape[0], self.padding, generator=self.generator)
                 offsets, flips = offsets[part], flips[part]
-            index = index[part] if self.world > 1 else index
+            index = index[part]
             images = self.images.index_select(0, index)
             if self.augment:
                 images = crop_flip(images, offsets, flips, self.padding)
