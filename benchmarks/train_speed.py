@@ -127,7 +127,7 @@ def save_fresh_teacher(path: Path, arch: str, split: data.Split, options: dict[s
         "teacher_arch": None, "seed": 0, "epochs": 0, "final_top1": 0.0, "best_top1": 0.0, "best_epoch": 0,
         "rckd_version": __version__,
     }
-    save_model(path, model, meta)
+    save_model(path, model.state_dict(), meta)
 
 
 def classic_ms_per_step(setup: Setup, method: str, split: data.Split, teacher_path: Path,

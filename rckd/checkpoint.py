@@ -6,6 +6,7 @@ Always loaded with `torch.load(weights_only=True)`, so a checkpoint can never ru
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,12 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         ) from None
 
 
-def save_model(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> None:
+def save_model(path: str | os.PathLike, weights: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """A model file of `weights` (a state_dict) and its metadata."""
     missing = [key for key in META_KEYS if key not in meta]
     if missing:
         raise ValueError(f"model metadata lacks {missing}")
-    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    state = {name: tensor.detach().cpu() for name, tensor in weights.items()}
     save_torch(path, {"state_dict": state, "meta": dict(meta)})
 
 

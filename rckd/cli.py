@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
 
 from rckd.errors import RckdError
 
@@ -45,12 +47,29 @@ def _version() -> str:
     return f"rckd {__version__}"
 
 
+def check_workflow_checkout() -> None:
+    """Under the workflow, whose rules set RCKD_WORKFLOW to its checkout, the rckd running must be that
+    checkout's: a venv holding another copy, or a conda env made for another checkout (a shared
+    --conda-prefix), would otherwise run other code without a word."""
+    workflow = os.environ.get("RCKD_WORKFLOW")
+    package = Path(__file__).resolve().parent
+    if workflow and package != (Path(workflow) / "rckd").resolve():
+        raise RckdError(f"this environment's rckd is {package}, not the workflow's {workflow}/rckd: install the "
+                        f"checkout there (pip install --no-deps -e {workflow}); under --use-conda, delete the "
+                        f"env in .snakemake/conda and rerun, and snakemake recreates it with the checkout's rckd")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         _top_level_parser().parse_args(argv[:1] or ["--help"])
         return 2
     name, rest = argv[0], argv[1:]
+    try:
+        check_workflow_checkout()
+    except RckdError as err:
+        print(f"rckd {name}: error: {err}", file=sys.stderr)
+        return 2
     module_name, doc = COMMANDS[name]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"rckd {name}", description=doc)

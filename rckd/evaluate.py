@@ -8,6 +8,7 @@ metrics are taken over all of them at once (no averaging of per-batch means).
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,9 @@ def fidelity_temperature(meta: dict[str, Any]) -> float:
 @torch.no_grad()
 def evaluate(model_path: Path, data_root: Path, teacher_path: Path | None = None, device: str = "auto",
              batch_size: int = 1000, data_options: dict[str, Any] | None = None, gpu_slots: int = 0,
-             workers: int = 0) -> dict[str, Any]:
-    """The eval.json record for one model (and its teacher, when given)."""
+             workers: int = 0, best_path: Path | None = None) -> dict[str, Any]:
+    """The eval.json record for one model (and its teacher, when given); with `best_path` (the run's
+    best.pt), the same metrics of the best epoch's weights under "best"."""
     if batch_size < 1:
         raise RckdError(f"--batch-size must be positive, got {batch_size}")
     target_device, _slot = claim_device(device, gpu_slots)  # the slot is held while `_slot` lives
@@ -44,33 +46,50 @@ def evaluate(model_path: Path, data_root: Path, teacher_path: Path | None = None
     split = data.load(meta["dataset"], data_root, "test", **(data_options or {}))
     check_fits(model_path, meta, meta["dataset"], data_options or {}, split)
     labels = split.labels.to(target_device)
+    record: dict[str, Any] = {
+        "model": str(model_path), "arch": meta["arch"], "dataset": meta["dataset"], "method": meta["method"],
+        "params": meta["params"], "seed": meta["seed"], "num_test": len(labels), "ece_bins": ECE_BINS,
+        "device": str(target_device), "teacher": None,
+    }
+    teacher_logits = None
+    if teacher_path is not None:
+        teacher, teacher_meta = load_model(teacher_path, target_device)
+        check_fits(teacher_path, teacher_meta, meta["dataset"], data_options or {}, split)
+        teacher_logits = split_logits(teacher, split, batch_size, workers=workers)
+        record.update(teacher=str(teacher_path), teacher_arch=teacher_meta["arch"],
+                      temperature=fidelity_temperature(meta),
+                      teacher_top1=metrics.topk_accuracy(teacher_logits, labels, ks=(1,))["top1"].item())
+    scores = functools.partial(_scores, split=split, labels=labels, teacher_logits=teacher_logits,
+                               temperature=record.get("temperature"), batch_size=batch_size, workers=workers)
+    record.update(scores(model))
+    if best_path is not None:
+        best, best_meta = load_model(best_path, target_device)
+        if best_meta["arch"] != meta["arch"] or best_meta["seed"] != meta["seed"]:
+            raise RckdError(f"{best_path} is not the best epoch of {model_path} (another arch or seed)")
+        record["best"] = {"model": str(best_path), "epoch": best_meta["best_epoch"], **scores(best)}
+    return record
+
+
+def _scores(model: torch.nn.Module, split: data.Split | data.FileSplit, labels: torch.Tensor,
+            teacher_logits: torch.Tensor | None, temperature: float | None, batch_size: int,
+            workers: int) -> dict[str, float]:
+    """Accuracy, NLL and calibration of one model's test logits, and its fidelity to the teacher's."""
     logits = split_logits(model, split, batch_size, workers=workers)
     values = {
         **metrics.topk_accuracy(logits, labels, ks=(1, 5)),
         "nll": metrics.nll(logits, labels),
         "ece": metrics.expected_calibration_error(logits, labels, bins=ECE_BINS),
     }
-    record: dict[str, Any] = {
-        "model": str(model_path), "arch": meta["arch"], "dataset": meta["dataset"], "method": meta["method"],
-        "params": meta["params"], "seed": meta["seed"], "num_test": len(labels), "ece_bins": ECE_BINS,
-        "device": str(target_device), "teacher": None,
-    }
-    if teacher_path is not None:
-        teacher, teacher_meta = load_model(teacher_path, target_device)
-        check_fits(teacher_path, teacher_meta, meta["dataset"], data_options or {}, split)
-        teacher_logits = split_logits(teacher, split, batch_size, workers=workers)
-        temperature = fidelity_temperature(meta)
+    if teacher_logits is not None:
         values.update(metrics.fidelity(logits, teacher_logits, labels, temperature))
-        values["teacher_top1"] = metrics.topk_accuracy(teacher_logits, labels, ks=(1,))["top1"]
-        record.update(teacher=str(teacher_path), teacher_arch=teacher_meta["arch"], temperature=temperature)
-    record.update({name: value.item() for name, value in values.items()})
-    return record
+    return {name: value.item() for name, value in values.items()}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="the run's model.pt")
     parser.add_argument("--data-root", required=True, type=Path, help="directory of the prepared data cache")
     parser.add_argument("--teacher", type=Path, help="teacher model.pt: adds fidelity metrics (distilled students)")
+    parser.add_argument("--best", type=Path, help="the run's best.pt: adds the metrics of the best epoch's weights")
     parser.add_argument("--out", required=True, type=Path, help="eval.json to write")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     parser.add_argument("--batch-size", type=int, default=1000, help="test images per forward pass")
@@ -85,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     record = evaluate(args.model, args.data_root, args.teacher, args.device, args.batch_size,
-                      dict(args.data_option), args.gpu_slots, args.workers)
+                      dict(args.data_option), args.gpu_slots, args.workers, args.best)
     write_json(args.out, record)
     summary = f"top1={record['top1']:.2f} top5={record['top5']:.2f} nll={record['nll']:.4f} ece={record['ece']:.4f}"
     if record["teacher"] is not None:

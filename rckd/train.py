@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,35 +42,22 @@ from rckd.inference import check_fits, predict_logits, split_logits
 from rckd.io import write_csv, write_json
 from rckd.losses.catalog import parse_param
 from rckd.metrics import kendall_tau
+from rckd.spec import COMPILE_MODES, PRECISIONS, RunSpec, digest, read_spec
 
 TAU_SUBSET = 1000  # fixed test images on which the per-epoch rank fidelity to the teacher is logged
 TAU_SUBSET_SEED = 1234  # the same subset for every run, so curves of different runs are comparable
-COMPILE_MODES = ("auto", "none", "default", "reduce-overhead")
 PREEMPTED_STATUS = 143  # 128 + SIGTERM, what a shell reports for a process it ended
 STOP_POLL_STEPS = 20  # data-parallel processes agree on SIGTERM every this many steps (one tiny all-reduce)
 
 
-@dataclass
-class TrainConfig:
-    arch: str
-    dataset: str
+@dataclass(kw_only=True)
+class TrainConfig(RunSpec):
+    """A run's spec and where and how to run it. None of the fields added here changes what the run
+    computes, so a resume may change them (another device, more workers, another bank file)."""
+
     data_root: Path
     out: Path
-    method: str = "ce"
-    params: dict[str, Any] = field(default_factory=dict)
-    teacher: Path | None = None
-    data_options: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 240
-    batch_size: int = 64  # in total: each of N data-parallel processes takes batch_size / N
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    milestones: tuple[int, ...] = (150, 180, 210)
-    lr_decay: float = 0.1
-    seed: int = 0
     device: str = "auto"
-    precision: str = "auto"  # fp32 | bf16 | auto (bf16 on CUDA)
-    compile: str = "auto"  # none | default (inductor) | reduce-overhead (+ CUDA graphs) | auto (that on CUDA)
     teacher_bank: Path | None = None  # logits of the teacher under every view (rckd.bank), instead of running it
     bank_fallback: bool = False  # run the teacher live when the bank does not fit in memory (teacher_bank: auto)
     checkpoint_every: int = 5
@@ -79,24 +66,12 @@ class TrainConfig:
     workers: int = 0  # DataLoader processes decoding a streamed data set's images (0: in this process)
 
     def validate(self) -> None:
+        self.check()
         if self.arch not in models.available():
             raise RckdError(f"unknown arch {self.arch!r}; available: {', '.join(models.available())}")
-        if self.dataset not in data.DATASETS:
-            raise RckdError(f"unknown dataset {self.dataset!r}; available: {', '.join(data.DATASETS)}")
-        for name in ("epochs", "batch_size", "checkpoint_every", "eval_batch_size"):
+        for name in ("checkpoint_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise RckdError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name, ok, rule in (("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
-                               ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
-                               ("lr_decay", 0 < self.lr_decay <= 1, "in (0, 1]")):
-            if not ok:
-                raise RckdError(f"{name} must be {rule}, got {getattr(self, name)}")
-        if list(self.milestones) != sorted(set(self.milestones)) or any(m < 1 for m in self.milestones):
-            raise RckdError(f"milestones must be increasing positive epochs, got {list(self.milestones)}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise RckdError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.compile not in COMPILE_MODES:
-            raise RckdError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if self.workers < 0:
             raise RckdError(f"workers must be >= 0, got {self.workers}")
         if self.teacher_bank is not None and self.dataset in STREAMED:
@@ -122,9 +97,12 @@ class Session:
     """Everything one run's epochs need, built once by `_setup`."""
 
     config: TrainConfig
+    spec: dict[str, Any]  # config's RunSpec, resolved (rckd.spec): what spec.json holds
     device: torch.device
     precision: str
     compile_mode: str
+    # What a resume must match: the spec's digest and the resolved numerics and teacher-logit source (a
+    # bf16 run must not silently continue in fp32, nor a banked one with the live teacher).
     identity: dict[str, Any]
     student: nn.Module
     step: Callable[[TrainBatch, torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]
@@ -141,6 +119,7 @@ class Session:
     used_bank: bool
     slot: GpuSlot | None  # its lock is held while the session lives
     group: distributed.Group
+    best_weights: dict[str, torch.Tensor] | None = None  # host copy of the best test top-1 epoch's (best.pt)
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -161,6 +140,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 raise Preempted(f"stopped by SIGTERM in epoch {epoch + 1}; {resume_path} holds the run")
             elapsed += time.perf_counter() - began
             history.append(_epoch_row(session, epoch, sums, time.perf_counter() - began))
+            _keep_if_best(session, history)
             if session.group.main:
                 print(" ".join(f"{key}={value}" for key, value in history[-1].items()), flush=True)
             interrupted = distributed.anyone(stop.raised, session.group, session.device) and epoch + 1 < config.epochs
@@ -174,12 +154,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
 def _setup(config: TrainConfig) -> Session:
     config.validate()
     loss_fn = losses.build(config.method, **config.params)
-    if not loss_fn.needs_teacher and config.teacher is not None:
-        raise RckdError(f"method {config.method!r} trains without a teacher; drop --teacher")
-    if loss_fn.needs_teacher and config.teacher is None:
-        raise RckdError(f"method {config.method!r} distils from a teacher: pass --teacher PATH/model.pt")
+    spec = config.resolved()
     Path(config.out).mkdir(parents=True, exist_ok=True)
     group, device = distributed.join(config.device)
+    if group.main:
+        write_json(Path(config.out) / "spec.json", spec)  # `rckd train --spec` of it reruns the run
     if config.batch_size % group.world:
         raise RckdError(f"batch_size {config.batch_size} (the total) must divide among {group.world} processes")
     device, slot = (device, None) if group.world > 1 else claim_device(config.device, config.gpu_slots)
@@ -215,9 +194,9 @@ def _setup(config: TrainConfig) -> Session:
         student, device_ids=[device.index] if on_cuda else None)
     step = _make_step(trained, loss_fn, teacher_logits, optimizer, device, precision, compile_mode,
                       fullgraph=group.world == 1)  # DDP's gradient buckets split the graph
-    identity = _config_identity(config, precision, compile_mode, used_bank)
+    identity = {"spec_hash": digest(spec), "precision": precision, "compile": compile_mode, "teacher_bank": used_bank}
     test_shard = torch.arange(group.rank, len(test_split), group.world)
-    return Session(config, device, precision, compile_mode, identity, student, step, optimizer, batches,
+    return Session(config, spec, device, precision, compile_mode, identity, student, step, optimizer, batches,
                    test_split, test_shard, subset, subset_images, teacher_subset_logits, teacher_meta,
                    list(train_split.classes), loss_fn.params, used_bank, slot, group)
 
@@ -348,6 +327,14 @@ def _epoch_row(session: Session, epoch: int, sums: dict[str, torch.Tensor], seco
             "seconds": round(seconds, 3)}
 
 
+def _keep_if_best(session: Session, history: list[dict[str, Any]]) -> None:
+    """A host copy of the weights when the last epoch has the first highest test top-1 (best.pt, the
+    weights of the best-epoch accuracy that the tables report)."""
+    if max(history, key=lambda row: row["test_top1"]) is history[-1]:
+        session.best_weights = {name: value.detach().to("cpu", copy=True)
+                                for name, value in session.student.state_dict().items()}
+
+
 def _test_metrics(session: Session) -> tuple[float, float | str]:
     """(test top-1 over the whole test set, mean tau_nt on the fixed subset or "" without a teacher)
     from the eager student in fp32, so neither depends on bf16 ties. Each process scores its shard of
@@ -378,9 +365,9 @@ def _save_resume(session: Session, path: Path, epoch: int, history: list, elapse
     if not session.group.main:
         return
     save_torch(path, {
-        "config": session.identity, "epoch": epoch, "history": history, "elapsed": elapsed,
+        "identity": session.identity, "spec": session.spec, "epoch": epoch, "history": history, "elapsed": elapsed,
         "partial": partial, "model": session.student.state_dict(), "optimizer": session.optimizer.state_dict(),
-        "batches": session.batches.state_dict(), "cpu_rng": torch.get_rng_state(),
+        "batches": session.batches.state_dict(), "cpu_rng": torch.get_rng_state(), "best_weights": session.best_weights,
     })
 
 
@@ -389,18 +376,19 @@ def _resume(session: Session, path: Path) -> tuple[int, list, float, dict[str, t
     if not path.exists():
         return 0, [], 0.0, None
     state = load_torch(path, "resume checkpoint")
-    saved = state.get("config") if isinstance(state, dict) else None
+    saved = state.get("identity") if isinstance(state, dict) else None
     if not isinstance(saved, dict):
-        raise RckdError(f"{path} is not an rckd resume checkpoint; delete it to start afresh")
+        raise RckdError(f"{path} is not a resume checkpoint of this rckd version; delete it to start afresh")
     if saved != session.identity:
-        changed = sorted(key for key in session.identity.keys() | saved.keys()
-                         if session.identity.get(key) != saved.get(key))
-        raise RckdError(f"{path} belongs to a different run configuration (differs in {changed}); "
+        mine, theirs = {**session.spec, **session.identity}, {**state.get("spec", {}), **saved}
+        changed = sorted(key for key in mine.keys() - {"spec_hash"} if mine.get(key) != theirs.get(key))
+        raise RckdError(f"{path} belongs to a different run (its spec differs in {changed or 'spec_hash'}); "
                         f"delete it to start afresh")
     session.student.load_state_dict(state["model"])
     session.optimizer.load_state_dict(state["optimizer"])
     session.batches.load_state_dict(state["batches"])
     torch.set_rng_state(state["cpu_rng"])
+    session.best_weights = state["best_weights"]
     partial = state.get("partial")
     where = f"step {session.batches.position + 1} of " if partial is not None else ""
     if session.group.main:
@@ -412,8 +400,8 @@ def _resume(session: Session, path: Path) -> tuple[int, list, float, dict[str, t
 
 
 def _finish(session: Session, out: Path, history: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
-    """history.csv, metrics.json and model.pt, from the main process; model.pt last, since it marks
-    the run complete."""
+    """history.csv, metrics.json, best.pt (the best epoch's weights) and model.pt (the last's), from the
+    main process; model.pt last, since it marks the run complete."""
     config = session.config
     params = session.params
     best = max(history, key=lambda row: row["test_top1"])
@@ -425,7 +413,8 @@ def _finish(session: Session, out: Path, history: list[dict[str, Any]], elapsed:
         "teacher_bank": session.used_bank, "seed": config.seed, "epochs": config.epochs,
         "num_params": sum(p.numel() for p in session.student.parameters()), **summary,
         "wall_seconds": round(elapsed, 2), "device": str(session.device), "precision": session.precision,
-        "compile": session.compile_mode, "processes": session.group.world, "train_config": session.identity,
+        "compile": session.compile_mode, "processes": session.group.world, "spec": session.spec,
+        "spec_hash": session.identity["spec_hash"],
     }
     test = session.test
     meta = {
@@ -440,7 +429,8 @@ def _finish(session: Session, out: Path, history: list[dict[str, Any]], elapsed:
         return metrics
     write_csv(out / "history.csv", history)
     write_json(out / "metrics.json", metrics)
-    save_model(out / "model.pt", session.student, meta)
+    save_model(out / "best.pt", session.best_weights, meta)
+    save_model(out / "model.pt", session.student.state_dict(), meta)
     (out / "resume.pt").unlink(missing_ok=True)  # the finished run no longer needs it (2-3x the weights)
     return metrics
 
@@ -457,19 +447,6 @@ def _resolved_modes(config: TrainConfig, device: torch.device, world: int = 1) -
         raise RckdError("compile reduce-overhead captures CUDA graphs and needs CUDA; on CPU use --compile none "
                         "(or default, inductor's CPU code)")
     return precision, compile_mode
-
-
-def _config_identity(config: TrainConfig, precision: str, compile_mode: str, used_bank: bool) -> dict[str, Any]:
-    """What must match for a resume to be valid (paths and device choice may differ; the resolved
-    precision, compile mode and teacher-logit source may not: a bf16 run must not silently continue
-    in fp32, nor a banked one with the live teacher)."""
-    identity = asdict(config) | {"precision": precision, "compile": compile_mode, "teacher_bank": used_bank}
-    for key in ("out", "data_root", "device", "gpu_slots", "checkpoint_every", "eval_batch_size", "bank_fallback",
-                "workers"):
-        identity.pop(key)
-    identity["teacher"] = str(config.teacher) if config.teacher else None
-    identity["milestones"] = list(config.milestones)
-    return identity
 
 
 class _TermFlag:
@@ -496,36 +473,58 @@ class _TermFlag:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainConfig(arch="", dataset="", data_root=Path(), out=Path())
-    parser.add_argument("--arch", required=True, help="model name (rckd.models.available())")
-    parser.add_argument("--dataset", required=True, help="data set name (rckd.data.DATASETS)")
-    parser.add_argument("--data-root", required=True, type=Path, help="directory of the prepared data cache")
-    add_data_option_argument(parser, "data set option (synthetic sizes, seed, difficulty); repeatable")
-    parser.add_argument("--out", required=True, type=Path, help="run directory")
-    parser.add_argument("--method", default="ce", help=f"loss: {', '.join(losses.available())}")
-    parser.add_argument("--param", action="append", default=[], type=parse_param, metavar="KEY=VALUE",
-                        help="loss parameter, e.g. T=4, beta=8 or ls=true; repeatable")
-    parser.add_argument("--teacher", type=Path, help="teacher model.pt (distillation methods)")
-    parser.add_argument("--teacher-bank", type=Path, help="the teacher's logit bank (rckd bank) instead of running it")
-    parser.add_argument("--bank-fallback", action="store_true",
-                        help="run the teacher live if the bank does not fit in memory (teacher_bank: auto)")
-    for name in ("epochs", "batch_size", "seed", "checkpoint_every", "eval_batch_size", "gpu_slots", "workers"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("lr", "momentum", "weight_decay", "lr_decay"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
-    parser.add_argument("--milestones", type=int, nargs="*", default=list(defaults.milestones),
-                        help="epochs at which the lr is multiplied by --lr-decay")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    parser.add_argument("--compile", default="auto", choices=COMPILE_MODES)
-    add_threads_argument(parser)
+    defaults = RunSpec(arch="", dataset="")
+    parser.add_argument("--spec", help="the run spec (rckd.spec): JSON text, or a file such as a run's spec.json "
+                        "(which reruns that run); the spec options below override its keys")
+    spec = parser.add_argument_group("run spec: what the run computes (defaults: rckd.spec.RunSpec)")
+    spec.add_argument("--arch", help="model name (rckd.models.available())")
+    spec.add_argument("--dataset", help="data set name (rckd.data.DATASETS)")
+    add_data_option_argument(spec, "data set option (synthetic sizes, seed, difficulty); repeatable")
+    spec.add_argument("--method", help=f"loss: {', '.join(losses.available())} (default {defaults.method})")
+    spec.add_argument("--param", action="append", default=[], type=parse_param, metavar="KEY=VALUE",
+                      help="loss parameter, e.g. T=4, beta=8 or ls=true; repeatable")
+    spec.add_argument("--teacher", type=Path, help="teacher model.pt (distillation methods)")
+    for item in fields(RunSpec):
+        if item.type in ("int", "float"):
+            spec.add_argument(f"--{item.name.replace('_', '-')}", type=int if item.type == "int" else float,
+                              help=f"default {getattr(defaults, item.name)}")
+    spec.add_argument("--milestones", type=int, nargs="*", help="epochs at which the lr is multiplied by "
+                      f"--lr-decay (default {' '.join(map(str, defaults.milestones))})")
+    spec.add_argument("--precision", choices=PRECISIONS, help=f"default {defaults.precision}")
+    spec.add_argument("--compile", choices=COMPILE_MODES, help=f"default {defaults.compile}")
+    where = parser.add_argument_group("where and how it runs (a resume may change these)")
+    where.add_argument("--data-root", required=True, type=Path, help="directory of the prepared data cache")
+    where.add_argument("--out", required=True, type=Path, help="run directory")
+    where.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    where.add_argument("--teacher-bank", type=Path, help="the teacher's logit bank (rckd bank) instead of running it")
+    where.add_argument("--bank-fallback", action="store_true",
+                       help="run the teacher live if the bank does not fit in memory (teacher_bank: auto)")
+    for name in ("checkpoint_every", "eval_batch_size", "gpu_slots", "workers"):
+        where.add_argument(f"--{name.replace('_', '-')}", type=int,
+                           default=TrainConfig.__dataclass_fields__[name].default)
+    add_threads_argument(where)
+
+
+def spec_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """RunSpec fields from --spec with the spec options given on the command line over them."""
+    values = read_spec(args.spec) if args.spec else {}
+    for item in fields(RunSpec):
+        given = getattr(args, item.name, None)
+        if given is not None:
+            values[item.name] = tuple(given) if item.name == "milestones" else given
+    values["params"] = {**values.get("params", {}), **dict(args.param)}
+    values["data_options"] = {**values.get("data_options", {}), **dict(args.data_option)}
+    missing = [name for name in ("arch", "dataset") if name not in values]
+    if missing:
+        raise RckdError(f"the run needs {' and '.join(missing)}: pass --{' and --'.join(missing)}, or --spec")
+    return values
 
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    settings = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if hasattr(args, name)}
-    config = TrainConfig(**{**settings, "params": dict(args.param), "data_options": dict(args.data_option),
-                            "milestones": tuple(args.milestones)})
+    spec_names = {item.name for item in fields(RunSpec)}
+    settings = {item.name: getattr(args, item.name) for item in fields(TrainConfig) if item.name not in spec_names}
+    config = TrainConfig(**spec_arguments(args), **settings)
     try:
         metrics = train(config)
     except Preempted as stopped:

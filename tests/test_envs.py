@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -70,3 +73,40 @@ def test_onnxruntime_gpu_and_cpu_builds_never_meet():
         "onnxruntime-gpu": "sys_platform == 'linux' and platform_machine == 'x86_64'",
         "onnxruntime": "sys_platform != 'linux' or platform_machine != 'x86_64'",
     }
+
+
+@pytest.mark.slow
+def test_the_post_deploy_script_installs_the_checkout_into_a_fresh_environment(tmp_path):
+    """envs/rckd.post-deploy.sh, run as snakemake runs it after creating the conda env (the env's python
+    first on PATH, RCKD_WORKFLOW set by common.smk): afterwards that python imports this checkout's rckd.
+    (A venv stands in for the conda env: no conda channel is reachable here.)"""
+    env_dir = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True)
+    requirements = [dep for dep in yaml.safe_load((ROOT / "envs" / "rckd.yaml").read_text())["dependencies"]
+                    if isinstance(dep, str) and dep.startswith("setuptools")]  # the conda env's build backend
+    subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", *requirements], check=True)
+    path = {**os.environ, "PATH": f"{env_dir / 'bin'}:{os.environ['PATH']}"}
+    path.pop("PYTHONPATH", None)
+    script = ROOT / "envs" / "rckd.post-deploy.sh"
+    unset = subprocess.run(["bash", str(script)], env={k: v for k, v in path.items() if k != "RCKD_WORKFLOW"},
+                           capture_output=True, text=True)
+    assert unset.returncode != 0 and "RCKD_WORKFLOW: not set" in unset.stderr
+    done = subprocess.run(["bash", str(script)], env={**path, "RCKD_WORKFLOW": str(ROOT)}, capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    located = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import rckd; print(rckd.__file__)"],
+                             capture_output=True, text=True, cwd=tmp_path, env=path)
+    assert located.stdout.strip() == str(ROOT / "rckd" / "__init__.py")
+
+
+def test_a_job_refuses_an_rckd_that_is_not_the_workflows(tmp_path):
+    """Rules export RCKD_WORKFLOW; `python -m rckd` of another checkout (or env) stops with the fix."""
+    command = [sys.executable, "-m", "rckd", "summarize", "--experiment", "x", "--runs", str(tmp_path),
+               "--out", str(tmp_path / "summary.csv")]
+    other = subprocess.run(command, env={**os.environ, "RCKD_WORKFLOW": str(tmp_path)}, capture_output=True,
+                           text=True, cwd=tmp_path)
+    assert other.returncode == 2
+    assert f"not the workflow's {tmp_path}/rckd" in other.stderr and "pip install --no-deps -e" in other.stderr
+    ours = subprocess.run(command, env={**os.environ, "RCKD_WORKFLOW": str(ROOT)}, capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert ours.returncode == 2 and "has no metrics.json" in ours.stderr  # past the check, to the command's own error

@@ -28,9 +28,11 @@ EVAL_KEYS = {"top1", "top5", "nll", "ece", "agreement", "kl_t1", "kl_tm", "tau_a
 
 def make_run(root: Path, name: str, arch: str, method: str = "ce", teacher: str | None = None, seed: int = 0,
              params: dict | None = None, best: float = 70.0, final: float | None = None, tau: float | None = None,
-             epochs: int = 4, evaluated: bool = True, dataset: str = "cifar100", teacher_run: Path | None = None) -> Path:
-    """A finished run directory as the trainer and `rckd evaluate` leave it; a distilled run's teacher is
-    the model.pt of `teacher_run`."""
+             epochs: int = 4, evaluated: bool = True, dataset: str = "cifar100", teacher_run: Path | None = None,
+             best_tau: float | None = None) -> Path:
+    """A finished run directory as the trainer and `rckd evaluate` leave it (eval.json: the final
+    weights' metrics, and best.pt's under "best", whose tau_nt is `best_tau`); a distilled run's
+    teacher is the model.pt of `teacher_run`."""
     run = root / name
     run.mkdir(parents=True)
     final = best - 0.5 if final is None else final
@@ -48,17 +50,23 @@ def make_run(root: Path, name: str, arch: str, method: str = "ce", teacher: str 
         record = {"top1": final, "top5": 90.0, "nll": 1.1, "ece": 0.04}
         if teacher is not None:
             record.update(agreement=80.0, kl_t1=0.4, kl_tm=0.05, tau_all=0.6, tau_nt=tau or 0.3, top5_overlap=0.7)
-        (run / "eval.json").write_text(json.dumps(record))
+        best_record = {**record, "top1": best, "top5": 91.0, "epoch": epochs - 1}
+        if teacher is not None:
+            best_record["tau_nt"] = best_tau or tau or 0.3
+        (run / "eval.json").write_text(json.dumps({**record, "best": best_record}))
     return run
 
 
 def summary_row(teacher: str, student: str, method: str, seed: int, best: float, params: str = "",
-                final: float | None = None, tau: float | None = None, teacher_seed: int = 0) -> dict:
-    """A summary.csv row; a distilled run's teacher is the `ce` run of its teacher arch with teacher_seed."""
+                final: float | None = None, tau: float | None = None, teacher_seed: int = 0,
+                best_tau: float | None = None) -> dict:
+    """A summary.csv row (tau_nt of the final weights, best_tau_nt of the best epoch's: `best_tau`, else
+    `tau`); a distilled run's teacher is the `ce` run of its teacher arch with teacher_seed."""
     row = {column: "" for column in COLUMNS}
     row.update(experiment="x", dataset="cifar100", teacher=teacher, student=student, method=method, params=params,
                seed=seed, epochs=240, num_params=1, best_top1=best, final_top1=best - 1 if final is None else final,
                wall_seconds=1.0, tau_nt="" if tau is None else tau,
+               best_tau_nt=next((value for value in (best_tau, tau) if value is not None), ""),
                run=f"runs/{student}/{teacher or 'none'}/{method}/{params or 'default'}/seed{seed}",
                teacher_run=f"runs/{teacher}/none/ce/default/seed{teacher_seed}" if teacher else "")
     return row
@@ -83,7 +91,7 @@ def test_summarize_writes_one_row_per_run(tmp_path):
     student = make_run(runs, "s", "resnet20", seed=1, best=69.0, evaluated=False)
     teacher = make_run(runs, "t", "resnet56", best=72.0)
     kd = make_run(runs, "kd", "resnet20", "kd", "resnet56", seed=1, params={"kd": 0.9, "T": 4.0}, best=70.5, tau=0.4,
-                  teacher_run=teacher)
+                  teacher_run=teacher, best_tau=0.45)
     out = tmp_path / "results" / "summary.csv"
     assert cli(["summarize", "--experiment", "main", "--runs", str(kd), str(student), str(teacher), str(teacher),
                 "--out", str(out)]) == 0
@@ -95,6 +103,7 @@ def test_summarize_writes_one_row_per_run(tmp_path):
     assert kd_row["params"] == "T=4,kd=0.9" and kd_row["experiment"] == "main" and kd_row["dataset"] == "cifar100"
     assert kd_row["tau_nt"] == "0.4" and kd_row["best_top1"] == "70.5" and kd_row["run"] == str(kd)
     assert kd_row["teacher_run"] == str(teacher) and ce["teacher_run"] == ""
+    assert kd_row["best_tau_nt"] == "0.45" and kd_row["best_top5"] == "91.0"  # eval.json's best: best.pt's
     assert all(ce[key] == "" for key in EVAL_KEYS)  # not evaluated: empty, not zero
     parsed = read_summary(out)
     assert parsed[0]["top1"] is None and parsed[2]["tau_nt"] == 0.4 and parsed[2]["seed"] == 1
@@ -231,16 +240,18 @@ def test_capacity_table_sorts_teachers_by_their_accuracy(tmp_path):
         rows.append(summary_row("", teacher, "ce", 0, accuracy))
         for seed in (0, 1):
             rows.append(summary_row(teacher, "resnet20", "kd", seed, 70.0 + seed, "T=4", tau=0.30 + 0.02 * seed))
-            rows.append(summary_row(teacher, "resnet20", "rckd", seed, 71.0 + seed, "T=4", tau=0.50))
+            rows.append(summary_row(teacher, "resnet20", "rckd", seed, 71.0 + seed, "T=4", tau=0.50, best_tau=0.55))
     markdown, csv_rows, _ = tables.build_report("capacity", rows_from_csv(tmp_path, rows), "best", PUBLISHED,
                                                 tmp_path / "summary.csv")
     lines = table_lines(markdown, "Capacity: best-epoch")
     assert lines[0] == "| Teacher | Teacher top-1 | KD top-1 | KD τ_nt | RCKD top-1 | RCKD τ_nt |"
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| resnet56", "| resnet110", "| resnet32x4"]
-    assert lines[2] == "| resnet56 | 72.00 | 70.50 ± 0.71 | 0.310 ± 0.014 | **71.50 ± 0.71** | 0.500 ± 0.000 |"
+    # tau_nt of the same weights as the top-1 beside it: best.pt's here, model.pt's in the final-epoch table
+    assert lines[2] == "| resnet56 | 72.00 | 70.50 ± 0.71 | 0.310 ± 0.014 | **71.50 ± 0.71** | 0.550 ± 0.000 |"
+    assert table_lines(markdown, "Capacity: final-epoch")[2].endswith("| 0.500 ± 0.000 |")
     assert "vanilla: 69.00" in markdown and "Capacity: final-epoch" in markdown
     assert [row["teacher"] for row in csv_rows] == ["resnet56", "resnet110", "resnet32x4"]
-    assert csv_rows[0]["rckd_tau_nt_mean"] == pytest.approx(0.5)
+    assert csv_rows[0]["rckd_tau_nt_mean"] == pytest.approx(0.55)
 
 
 def test_ablation_table_shows_what_varies(tmp_path):
@@ -324,7 +335,7 @@ def save_tiny_model(path: Path, arch: str, method: str, params: dict, split: dat
             "std": list(split.std), "classes": split.classes, "method": method, "params": params, "teacher": None,
             "teacher_arch": None, "seed": seed, "epochs": 1, "final_top1": 0.0, "best_top1": 0.0, "best_epoch": 1,
             "rckd_version": "test"}
-    save_model(path, model, meta)
+    save_model(path, model.state_dict(), meta)
 
 
 @pytest.fixture(scope="module")
@@ -361,6 +372,30 @@ def test_evaluate_writes_metrics_and_fidelity(tiny, tmp_path, monkeypatch):
     assert record["agreement"] == pytest.approx((logits.argmax(1) == teacher_logits.argmax(1)).float().mean().item()
                                                 * 100)
     assert 0 <= record["ece"] <= 1 and record["nll"] > 0 and -1 <= record["tau_nt"] <= 1
+
+
+def test_evaluate_best_adds_the_best_epochs_weights(tiny, tmp_path, capsys):
+    """--best: the same metrics of best.pt under "best", with its epoch; best.pt of another run is refused."""
+    data_root, student, teacher = tiny
+    payload = torch.load(student, weights_only=True)
+    payload["state_dict"] = {name: value + 0.05 * torch.randn_like(value) if value.is_floating_point() else value
+                             for name, value in payload["state_dict"].items()}
+    payload["meta"]["best_epoch"] = 3
+    torch.save(payload, tmp_path / "best.pt")
+    out = tmp_path / "eval.json"
+    assert cli(["evaluate", "--model", str(student), "--best", str(tmp_path / "best.pt"), "--teacher", str(teacher),
+                "--data-root", str(data_root), "--out", str(out), "--device", "cpu", *OPTION_ARGS]) == 0
+    record = json.loads(out.read_text())
+    alone = tmp_path / "alone.json"
+    assert cli(["evaluate", "--model", str(tmp_path / "best.pt"), "--teacher", str(teacher), "--data-root",
+                str(data_root), "--out", str(alone), "--device", "cpu", *OPTION_ARGS]) == 0
+    expected = json.loads(alone.read_text())
+    assert record["best"]["epoch"] == 3 and record["best"]["model"] == str(tmp_path / "best.pt")
+    assert {key: record["best"][key] for key in EVAL_KEYS} == {key: expected[key] for key in EVAL_KEYS}
+    assert record["best"]["tau_nt"] != record["tau_nt"]  # other weights, other fidelity
+    assert cli(["evaluate", "--model", str(student), "--best", str(teacher), "--data-root", str(data_root),
+                "--out", str(tmp_path / "bad.json"), "--device", "cpu", *OPTION_ARGS]) == 2
+    assert "is not the best epoch of" in capsys.readouterr().err
 
 
 def test_evaluate_without_teacher_and_with_a_wrong_one(tiny, tmp_path, capsys):

@@ -32,7 +32,7 @@ data: {options: {num_superclasses: 2, classes_per_superclass: 3, train_per_class
 train: {epochs: %(epochs)d, milestones: [%(milestone)d], teacher_epochs: 4, batch_size: %(batch)d, device: cpu, precision: fp32,
         compile: none, threads: 1, mem_mb: 1500, runtime: 10, checkpoint_every: 1, teacher_bank: "off"}
 evaluate: {device: cpu}
-export: {int8: false}
+export: {int8: false, methods: null}
 experiments:
   main: {teachers: [resnet8], methods: [kd], pairs: [{teacher: resnet8, student: resnet8}]}
   capacity: {enabled: false}

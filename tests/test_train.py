@@ -18,6 +18,7 @@ from rckd import data
 from rckd.checkpoint import load_model, load_torch
 from rckd.cli import main as cli
 from rckd.errors import RckdError
+from rckd.spec import digest
 from rckd.train import TrainConfig, lr_at, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,12 +130,36 @@ def test_a_killed_run_resumes_to_the_same_weights(data_root, teacher, tmp_path):
     ]
 
 
-def test_resume_refuses_a_checkpoint_of_another_configuration(data_root, tmp_path):
+def test_resume_refuses_a_checkpoint_of_another_run(data_root, tmp_path):
+    """resume.pt holds its run's spec digest: a run of another spec (here: more epochs) refuses it and
+    names what differs; a file without one is refused too."""
     train(config(data_root, tmp_path, epochs=2))
-    state = load_torch(tmp_path / "model.pt")  # the run finished; plant a resume file of another run
-    torch.save({"config": {"arch": "other"}, **state}, tmp_path / "resume.pt")
-    with pytest.raises(RckdError, match="different run configuration"):
+    state, spec = load_torch(tmp_path / "model.pt"), json.loads((tmp_path / "spec.json").read_text())
+    identity = {"spec_hash": digest(spec), "precision": "fp32", "compile": "none", "teacher_bank": False}
+    torch.save({**state, "identity": identity, "spec": spec}, tmp_path / "resume.pt")  # as an unfinished run's
+    with pytest.raises(RckdError, match=r"different run \(its spec differs in \['epochs'\]\)"):
         train(config(data_root, tmp_path, epochs=3))
+    torch.save(state, tmp_path / "resume.pt")
+    with pytest.raises(RckdError, match="not a resume checkpoint"):
+        train(config(data_root, tmp_path, epochs=3))
+
+
+def test_a_runs_spec_json_reruns_it_to_the_same_weights(data_root, tmp_path):
+    """spec.json is the whole run: `rckd train --spec` of it elsewhere gives bitwise the same weights,
+    and command-line options override its keys."""
+    first = train(config(data_root, tmp_path / "first", method="ce", lr=0.1))
+    spec = tmp_path / "first" / "spec.json"
+    assert json.loads(spec.read_text()) == first["spec"] and first["spec"]["lr"] == 0.1
+    assert cli(["train", "--spec", str(spec), "--data-root", str(data_root), "--device", "cpu",
+                "--out", str(tmp_path / "again")]) == 0
+    expected = load_torch(tmp_path / "first" / "model.pt")["state_dict"]
+    again = load_torch(tmp_path / "again" / "model.pt")["state_dict"]
+    assert all(torch.equal(expected[name], again[name]) for name in expected)
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["spec_hash"] == first["spec_hash"]
+    assert cli(["train", "--spec", str(spec), "--epochs", "1", "--milestones", "--data-root", str(data_root),
+                "--device", "cpu", "--out", str(tmp_path / "shorter")]) == 0
+    shorter = json.loads((tmp_path / "shorter" / "spec.json").read_text())
+    assert shorter == {**first["spec"], "epochs": 1, "milestones": []}
 
 
 def test_corrupt_teacher_checkpoint_is_a_clear_error(data_root, tmp_path, capsys):
@@ -178,7 +203,8 @@ def test_non_finite_loss_names_the_epoch_and_term(data_root, tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"arch": "resnet999"}, "unknown arch"),
-    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"epochs": 0}, "epochs must be >= 1"),
+    ({"lr": "0.1"}, "lr must be a number"),
     ({"milestones": (5, 3)}, "milestones must be increasing"),
     ({"precision": "fp8"}, "precision must be"),
     ({"method": "fitnet"}, "fitnet"),
@@ -193,7 +219,7 @@ def test_bf16_on_cpu_autocasts_and_still_learns(data_root, tmp_path):
     metrics = train(config(data_root, tmp_path, precision="bf16", epochs=3, milestones=(2,)))
     assert metrics["precision"] == "bf16"
     assert metrics["best_top1"] > 2 * 100 / 20
-    assert metrics["train_config"]["precision"] == "bf16"  # the resolved value is what a resume must match
+    assert metrics["spec"]["precision"] == "bf16" and metrics["spec_hash"] == digest(metrics["spec"])
 
 
 def test_cuda_graph_compile_is_refused_on_cpu(data_root, tmp_path):

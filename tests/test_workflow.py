@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -121,24 +122,28 @@ def test_default_config_plans_every_job_once(tmp_path):
 
 
 @pytest.mark.parametrize("configfile", ["config.yaml", "quick.yaml", "fashion.yaml", "imagenet.yaml"])
-def test_planning_needs_no_torch(tmp_path, configfile):
-    """The process that plans the DAG never imports torch: a torch that fails to import changes nothing."""
+def test_every_config_plans_without_torch(tmp_path, configfile):
+    """The process that plans the DAG never imports torch: a torch that fails to import changes nothing,
+    and each config plans the runs of its enabled experiments (and exports the students of
+    export.methods)."""
     blocker = tmp_path / "blocker" / "torch"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('torch is blocked in this test')\n")
     env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
     result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / configfile), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert job_counts(result.stdout)["train"] > 0
-
-
-@pytest.mark.parametrize("configfile", ["quick.yaml", "fashion.yaml"])
-def test_other_configs_dry_run(tmp_path, configfile):
-    result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / configfile))
-    assert result.returncode == 0, result.stderr
-    merged = deep_merge(CONFIG, yaml.safe_load((ROOT / "config" / configfile).read_text()))
-    merged["experiments"] = {name: spec for name, spec in merged["experiments"].items() if spec.get("enabled", True)}
-    assert job_counts(result.stdout)["train"] == len(expected_runs(merged))
+    counts = job_counts(result.stdout)
+    assert counts["train"] > 0
+    if configfile in ("quick.yaml", "fashion.yaml"):  # (config.yaml: above; imagenet.yaml imports its teachers)
+        merged = deep_merge(CONFIG, yaml.safe_load((ROOT / "config" / configfile).read_text()))
+        merged["experiments"] = {name: spec for name, spec in merged["experiments"].items()
+                                 if spec.get("enabled", True)}
+        assert counts["train"] == len(expected_runs(merged))
+        main = merged["experiments"]["main"]
+        exported = merged["export"]["methods"] or ["ce", *main["methods"]]
+        students = {pair["student"] for pair in main["pairs"]}
+        assert counts["export_onnx"] == (len(students) * ("ce" in exported)
+                                         + len(main["pairs"]) * len(set(exported) - {"ce"}))
 
 
 def test_schema_lists_exactly_the_registered_models_and_methods():
@@ -178,6 +183,7 @@ BAD_CONFIGS = {
                             ["data.options", "train_per_clas", "train_per_class"]),
     "squeezed schedule": ("train: {teacher_epochs: 2}", ["train.teacher_epochs", "squeeze"]),
     "bad bank policy": ("train: {teacher_bank: sometimes}", ["teacher_bank", "sometimes"]),
+    "export of a method not in main": ("export: {methods: [ce, fitnet]}", ["export.methods", "fitnet"]),
 }
 
 
@@ -199,8 +205,14 @@ def train_commands(result: subprocess.CompletedProcess) -> dict[str, str]:
     return {out: args for args, out in commands}
 
 
+def spec_of(args: str) -> dict:
+    """The run spec a `rckd train` command line passes."""
+    return json.loads(shlex.split(re.search(r"--spec ('.*?'|\S+) ", args).group(1))[0])
+
+
 def test_toggling_an_experiment_leaves_the_other_runs_untouched(tmp_path):
-    """main's rckd run is also the ablation's default variant: its command must not depend on that."""
+    """main's rckd run is also the ablation's default variant: its spec must not depend on that. (Whether
+    a student reads a bank may: teacher_bank auto weighs the epochs of all the teacher's students.)"""
     quick = ["--configfile", str(ROOT / "config" / "quick.yaml")]
     off = tmp_path / "off.yaml"
     off.write_text("experiments: {ablation: {enabled: false}}\n")
@@ -210,7 +222,7 @@ def test_toggling_an_experiment_leaves_the_other_runs_untouched(tmp_path):
     with_ablation, without = train_commands(both), train_commands(main_only)
     shared = with_ablation.keys() & without.keys()
     assert any("/rckd/default/" in run for run in shared)
-    assert {run: with_ablation[run] for run in shared} == {run: without[run] for run in shared}
+    assert {run: spec_of(with_ablation[run]) for run in shared} == {run: spec_of(without[run]) for run in shared}
 
 
 def test_published_teachers_are_imported_not_trained(tmp_path):
@@ -242,8 +254,10 @@ def test_imagenet_config_plans_its_table_with_imported_teachers_and_data_paralle
     commands = re.findall(r"python -m torch\.distributed\.run --standalone --nproc_per_node 8 -m rckd train (.*?) "
                           r"--out (\S+)", result.stdout)
     assert len(commands) == 12
-    assert all("--dataset imagenet" in args and "--batch-size 512" in args and "--lr 0.2" in args
-               and "--milestones 30 60 90" in args and "--workers 6" in args for args, _ in commands)
+    specs = [spec_of(args) for args, _ in commands]
+    assert all(spec["dataset"] == "imagenet" and spec["batch_size"] == 512 and spec["lr"] == 0.2
+               and spec["milestones"] == [30, 60, 90] for spec in specs)
+    assert all("--workers 6" in args for args, _ in commands)
     students = {out.split("/runs/")[1].split("/")[0] for _, out in commands}
     assert students == {"tv_resnet18", "mobilenetv1"}
     assert "import-teacher --source torchvision --arch tv_resnet34" in result.stdout
@@ -282,6 +296,10 @@ def test_quick_dag_end_to_end(tmp_path):
     assert all(f"| {label} " in main_table or f" {label} |" in main_table for label in ("KD+LS", "DKD+LS", "RCKD"))
     banked = [json.loads(path.read_text()) for path in (results / "runs").glob("*/*/*/*/seed*/metrics.json")]
     assert all(metrics["teacher_bank"] for metrics in banked if metrics["teacher"])  # tiny: teacher_bank on
+    for metrics_file in (results / "runs").glob("*/*/*/*/seed*/metrics.json"):  # the spec the DAG resolved ran
+        spec = json.loads((metrics_file.parent / "spec.json").read_text())
+        assert spec == json.loads(metrics_file.read_text())["spec"]
+        assert spec["epochs"] == (3 if "/none/ce/epochs=3/" in str(metrics_file) else 2)
     assert len(list((results / "runs").glob("*/none/ce/*/seed0/bank.pt"))) == len(quick["experiments"]["capacity"]
                                                                                 ["teachers"])
     latency = read_csv(results / "deploy" / "latency.csv")

@@ -19,6 +19,9 @@ METHOD_ORDER = ("ce", "kd", "dkd", "dist", "kd_ls", "dkd_ls", "wttm", "rckd")
 METHOD_LABELS = {"ce": "Vanilla", "dist": "DIST", "wttm": "WTTM"}
 # summary.csv column of each --metric choice: the best epoch's test top-1 (as papers report) or the last's.
 TOP1_COLUMN = {"best": "best_top1", "final": "final_top1"}
+# ... and the rank fidelity of the same weights: best.pt's or model.pt's (eval.json).
+TAU_COLUMN = {"best": "best_tau_nt", "final": "tau_nt"}
+WEIGHTS = {"best": "the best epoch's weights", "final": "the final weights"}
 
 Row = dict[str, Any]  # one parsed summary.csv row (rckd.report.summary.read_summary)
 Groups = dict[tuple[str, str, str], dict[str, list[Row]]]  # (teacher, student, method) -> {params: rows}

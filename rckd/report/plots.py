@@ -24,8 +24,8 @@ from matplotlib.ticker import MaxNLocator
 
 from rckd.errors import RckdError
 from rckd.io import atomic_path
-from rckd.report import (TOP1_COLUMN, Row, Stat, distill_methods, distilled_pairs, group_runs, method_label, runs_of,
-                         stat, teacher_runs, vanilla_runs)
+from rckd.report import (TAU_COLUMN, TOP1_COLUMN, Row, Stat, distill_methods, distilled_pairs, group_runs,
+                         method_label, runs_of, stat, teacher_runs, vanilla_runs)
 from rckd.report.summary import parse_params, read_summary
 
 KINDS = ("curves", "capacity", "ablation")
@@ -183,7 +183,7 @@ def capacity_figure(rows: list[Row], metric: str) -> Figure:
             runs = [runs_of(groups, teacher, student, method) for _, teacher in placed]
             label = method_label(method)
             _errorbar(top1_axes, xs, [stat(row[column] for row in group) for group in runs], label, color)
-            _errorbar(tau_axes, xs, [stat(row["tau_nt"] for row in group) for group in runs], label, color)
+            _errorbar(tau_axes, xs, [stat(row[TAU_COLUMN[metric]] for row in group) for group in runs], label, color)
         vanilla = stat(row[column] for row in vanilla_runs(groups, student))
         if vanilla is not None:
             top1_axes.axhline(vanilla.mean, color=METHOD_COLORS["ce"], linestyle="--", linewidth=1.2,
@@ -195,7 +195,7 @@ def capacity_figure(rows: list[Row], metric: str) -> Figure:
         missing = f" (teacher run not summarized, not shown: {', '.join(unplaced)})" if unplaced else ""
         top1_axes.set(title=f"student {student}: accuracy by teacher{missing}",
                       ylabel=f"student {metric}-epoch test top-1 (%)")
-        tau_axes.set(title=f"student {student}: rank fidelity by teacher", ylabel=TAU_LABEL + " (final weights)")
+        tau_axes.set(title=f"student {student}: rank fidelity by teacher", ylabel=f"{TAU_LABEL} ({metric}-epoch weights)")
     figure.suptitle(f"{_dataset(rows)}: teacher capacity (mean ± sample std over seeds)")
     _figure_legend(figure, list(grid.flat))
     return figure
@@ -254,7 +254,7 @@ def ablation_figure(rows: list[Row], metric: str) -> Figure:
         vanilla = stat(row[column] for row in vanilla_runs(groups, student))
         _bars(top1_axes, [stat(row[column] for row in group) for group in variant_rows], colors, 2,
               None if vanilla is None else vanilla.mean)
-        _bars(tau_axes, [stat(row["tau_nt"] for row in group) for group in variant_rows], colors, 3)
+        _bars(tau_axes, [stat(row[TAU_COLUMN[metric]] for row in group) for group in variant_rows], colors, 3)
         top1_axes.set_yticklabels(_setting_labels(variants[pair]), fontsize=8)
         if vanilla is not None:
             top1_axes.axvline(vanilla.mean, color=METHOD_COLORS["ce"], linestyle="--", linewidth=1.2,
@@ -262,7 +262,7 @@ def ablation_figure(rows: list[Row], metric: str) -> Figure:
         top1_axes.set(title=f"{teacher} → {student}: accuracy",
                       xlabel=f"{metric}-epoch test top-1 (%), axis not from 0")
         tau_axes.set(title=f"{teacher} → {student}: rank fidelity",
-                     xlabel=f"{TAU_LABEL} (final weights), axis not from 0")
+                     xlabel=f"{TAU_LABEL} ({metric}-epoch weights), axis not from 0")
         for axes in (top1_axes, tau_axes):
             axes.grid(axis="x", alpha=0.3)
     figure.suptitle(f"{_dataset(rows)}: ablation per distillation setting (mean ± sample std over seeds)")

@@ -1,7 +1,9 @@
 """`rckd summarize`: one row per run of an experiment -> summary.csv, the input of tables and plots.
 
 A row comes from the run's metrics.json (written by the trainer) plus its eval.json when present
-(written by `rckd evaluate`); eval columns of a run without eval.json stay empty, never zero.
+(written by `rckd evaluate`); eval columns of a run without eval.json stay empty, never zero. The
+eval columns are of the final weights (as final_top1 is); their best_ twins are of the best epoch's
+weights (best.pt, as best_top1 is), so a table can put fidelity beside the accuracy of the same weights.
 `read_summary` parses the file back with numbers as floats and empty cells as None.
 """
 
@@ -20,10 +22,11 @@ from rckd.io import write_csv
 RUN_COLUMNS = ("experiment", "dataset", "teacher", "student", "method", "params", "seed", "epochs", "num_params",
                "best_top1", "final_top1", "wall_seconds")
 EVAL_COLUMNS = ("top1", "top5", "nll", "ece", "agreement", "kl_t1", "kl_tm", "tau_all", "tau_nt", "top5_overlap")
+BEST_EVAL_COLUMNS = tuple(f"best_{name}" for name in EVAL_COLUMNS if name != "top1")  # best_top1: the trainer's
 # run: the run directory; teacher_run: the directory of the teacher's model.pt (empty without a teacher).
-COLUMNS = (*RUN_COLUMNS, *EVAL_COLUMNS, "run", "teacher_run")
+COLUMNS = (*RUN_COLUMNS, *EVAL_COLUMNS, *BEST_EVAL_COLUMNS, "run", "teacher_run")
 INT_COLUMNS = ("seed", "epochs", "num_params")
-FLOAT_COLUMNS = ("best_top1", "final_top1", "wall_seconds", *EVAL_COLUMNS)
+FLOAT_COLUMNS = ("best_top1", "final_top1", "wall_seconds", *EVAL_COLUMNS, *BEST_EVAL_COLUMNS)
 REQUIRED_METRICS = ("arch", "teacher", "teacher_arch", "method", "params", "seed", "epochs", "num_params", "best_top1",
                     "final_top1", "wall_seconds", "dataset")
 # A run is identified by these; two run directories with the same values would be counted twice.
@@ -82,8 +85,11 @@ def run_row(experiment: str, run_dir: Path, method: str | None = None) -> dict[s
     eval_path = run_dir / "eval.json"
     evaluation = _read_json(eval_path, "evaluation") if eval_path.is_file() else {}
     row.update({key: evaluation.get(key, "") for key in EVAL_COLUMNS})
+    best = evaluation.get("best", {})
     if run_metrics.get("source"):  # an imported teacher: no training history, its weights are the evaluated ones
         row.update(best_top1=evaluation.get("top1", ""), final_top1=evaluation.get("top1", ""))
+        best = evaluation
+    row.update({key: best.get(key.removeprefix("best_"), "") for key in BEST_EVAL_COLUMNS})
     return row
 
 

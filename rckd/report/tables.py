@@ -27,8 +27,8 @@ from scipy import stats as scipy_stats
 
 from rckd.errors import RckdError
 from rckd.io import write_csv, write_text
-from rckd.report import (TOP1_COLUMN, Groups, Row, Stat, distill_methods, distilled_pairs, group_runs, method_label,
-                         runs_of, stat, teacher_runs, vanilla_runs)
+from rckd.report import (TAU_COLUMN, TOP1_COLUMN, WEIGHTS, Groups, Row, Stat, distill_methods, distilled_pairs,
+                         group_runs, method_label, runs_of, stat, teacher_runs, vanilla_runs)
 from rckd.report.summary import parse_params, read_summary
 
 KINDS = ("main", "capacity", "sweep")  # a sweep varies one method's parameters (the ablation)
@@ -364,7 +364,7 @@ def capacity_table(rows: list[Row], metric: str) -> Section:
         teachers = sorted(teacher_top1, key=lambda arch: _teacher_sort_key(teacher_top1[arch], arch))
         top1 = {(teacher, method): stat(row[column] for row in runs_of(groups, teacher, student, method))
                 for teacher in teachers for method in methods}
-        tau = {(teacher, method): stat(row["tau_nt"] for row in runs_of(groups, teacher, student, method))
+        tau = {(teacher, method): stat(row[TAU_COLUMN[metric]] for row in runs_of(groups, teacher, student, method))
                for teacher in teachers for method in methods}
         expected_top1 = expected_counts(top1.values())
         expected_tau = expected_counts(tau.values())
@@ -390,7 +390,7 @@ def capacity_table(rows: list[Row], metric: str) -> Section:
         parts.append(
             f"Student **{student}** (vanilla: {format_stat(vanilla)}). Teachers sorted by their own top-1. "
             "τ_nt: mean Kendall τ-b between the student's and the teacher's logit rankings over the "
-            "non-target classes of each test image (eval.json, final weights). "
+            f"non-target classes of each test image, of {WEIGHTS[metric]} as the top-1 beside it (eval.json). "
             f"{legend({'top1': expected_top1, 'tau': expected_tau})} Bold: the best method of the row.\n\n"
             + markdown_table(header, body))
     markdown = (f"### Capacity: {METRIC_NAME[metric]} test top-1 (%) and rank fidelity by teacher\n\n"
@@ -424,7 +424,7 @@ def ablation_table(rows: list[Row], metric: str) -> Section:
         split = {method: split_settings(params for other, params, _ in variants if other == method)
                  for method in {method for method, _, _ in variants}}
         top1 = [stat(row[column] for row in setting_rows) for _, _, setting_rows in variants]
-        tau = [stat(row["tau_nt"] for row in setting_rows) for _, _, setting_rows in variants]
+        tau = [stat(row[TAU_COLUMN[metric]] for row in setting_rows) for _, _, setting_rows in variants]
         expected_top1, expected_tau = expected_counts(top1), expected_counts(tau)
         top1_texts = bold_best(top1, [format_stat(cell, expected_n=expected_top1) for cell in top1])
         body = [[teacher, "Teacher (CE)", NOT_APPLICABLE, format_stat(teacher_stat(groups, (teacher, student), column)),
@@ -442,8 +442,8 @@ def ablation_table(rows: list[Row], metric: str) -> Section:
                           for method, (_, constant) in sorted(split.items()) if constant)
         parts.append(
             f"Teacher **{teacher}**, student **{student}**. Setting: the parameters that vary between runs; "
-            f"fixed: {fixed or 'none'}. τ_nt: mean non-target Kendall τ-b to the teacher (eval.json, final "
-            f"weights). {legend({'top1': expected_top1, 'tau': expected_tau})} Bold: the best setting.\n\n"
+            f"fixed: {fixed or 'none'}. τ_nt: mean non-target Kendall τ-b to the teacher, of {WEIGHTS[metric]} "
+            f"as the top-1 beside it (eval.json). {legend({'top1': expected_top1, 'tau': expected_tau})} Bold: the best setting.\n\n"
             + markdown_table(["Model", "Method", "Setting", "Top-1 (%)", "τ_nt"], body, text_columns=3))
     markdown = (f"### Ablation: {METRIC_NAME[metric]} test top-1 (%) and rank fidelity per setting\n\n"
                 f"{METRIC_NOTE[metric]}\n\n" + "\n\n".join(parts))

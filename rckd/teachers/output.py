@@ -22,7 +22,7 @@ def save_teacher(out: Path, model: nn.Module, arch: str, data: dict[str, Any], r
             "input_size": list(data["input_size"]), "data_options": data["data_options"],
             "mean": list(data["mean"]), "std": list(data["std"]), "classes": list(data["classes"]),
             "best_epoch": None, "rckd_version": __version__, **record}
-    save_model(out, model, meta)
+    save_model(out, model.state_dict(), meta)
     if metrics_path is not None:
         write_json(metrics_path, {**common, "num_params": sum(p.numel() for p in model.parameters()),
                                   "wall_seconds": 0.0, **record})

@@ -1,6 +1,8 @@
-# Shared helpers: the runs each experiment needs, their directories, and the checks the JSON schema
-# cannot express (cross references between keys). Planning imports only rckd's torch-free modules
-# (the loss catalogue, the data options, the run-name format), so the DAG and the jobs agree on them.
+# Shared helpers: the runs each experiment needs, their directories and specs, and the checks the JSON
+# schema cannot express (cross references between keys). Planning imports only rckd's torch-free modules
+# (the loss catalogue, the data options, the run spec, the run-name format), so the DAG and the jobs
+# agree on them.
+import json
 import os
 import shlex
 import sys
@@ -9,24 +11,29 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
-sys.path.insert(0, str(Path(workflow.basedir).resolve()))
+sys.path.insert(0, str(Path(workflow.basedir).resolve()))  # planning reads the checkout's rckd
 from rckd.data.options import crop_padding, resolve_options, view_count
 from rckd.errors import RckdError
 from rckd.losses import catalog
-from rckd.report.summary import format_params, format_value
+from rckd.report.summary import format_params
+from rckd.spec import RunSpec
 from rckd.teachers import SOURCE_DATASETS, SOURCES
 
 DATASET = config["dataset"]
 RESULTS = f"{config['results']}/{DATASET}"
 LOGS = f"{config['logs']}/{DATASET}"
 DATA_CACHE = f"{config['data']['root']}/{DATASET}.pt"
-# Rules run `python -m rckd` from this workflow's checkout, whatever else is installed: under
-# --use-conda with the conda env's python, otherwise with the python running snakemake (a venv's).
+# Rules run `python -m rckd` of this checkout, installed into their environment: under --use-conda
+# envs/rckd.post-deploy.sh installs it into the conda env when snakemake creates that; otherwise the
+# python running snakemake runs the jobs (a venv that `make` or `pip install -e .` set up). Each job
+# checks that the rckd it imports is this checkout's (rckd.cli), so no other copy runs unnoticed.
 USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-_checkout = shlex.quote(str(Path(workflow.basedir).resolve()))
+CHECKOUT = str(Path(workflow.basedir).resolve())
+# For the post-deploy script, which snakemake runs from this process. (Set here, not asked of the user:
+# so no `envvars:` directive, which would make it a required input.)
+os.environ.update(RCKD_WORKFLOW=CHECKOUT)
 _python_dir = "" if USE_CONDA else f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; "
-# (braces doubled twice: once for this f-string, once for snakemake's own formatting of the prefix)
-shell.prefix(f"set -euo pipefail; {_python_dir}export PYTHONPATH={_checkout}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+shell.prefix(f"set -euo pipefail; {_python_dir}export RCKD_WORKFLOW={shlex.quote(CHECKOUT)}; ")
 ON_GPU = config["train"]["device"] != "cpu"
 EVAL_ON_GPU = config["evaluate"]["device"] != "cpu"
 RUN_PATTERN = r"[^/]+/[^/]+/[^/]+/[^/]+/seed\d+"
@@ -171,12 +178,20 @@ TRAIN_COMMAND = ("python -m rckd train" if PROCESSES == 1 else
 
 
 def deploy_runs():
-    """Students worth shipping: every student of `main` (distilled and vanilla), first seed only."""
+    """Students worth shipping: the students of `main` (distilled and vanilla, or those of
+    export.methods), first seed only."""
     if "main" not in EXPERIMENTS or not config["export"]["enabled"]:
         return []
     spec = config["experiments"]["main"]
     students = {pair["student"] for pair in spec["pairs"]}
-    return [run for run in experiment_runs("main") if run.student in students and run.seed == config["seeds"][0]]
+    methods = config["export"]["methods"] or ["ce", *spec["methods"]]
+    unknown = sorted(set(methods) - {"ce", *spec["methods"]})
+    if unknown:
+        config_error("export.methods", f"{unknown} are not methods of experiments.main ({', '.join(spec['methods'])}) "
+                     f"nor ce (the vanilla students)")
+    return [run for label, run in labelled_runs("main")
+            if label in methods and run.role == "student" and run.student in students
+            and run.seed == config["seeds"][0]]
 
 
 def lr_for(arch):
@@ -193,35 +208,31 @@ def schedule_for(run):
     return run.epochs, milestones
 
 
-def train_args(wildcards):
-    """The `rckd train` arguments of one run, all explicit so the log shows exactly what ran."""
-    run = RUNS[wildcards.run]
+def run_spec(run):
+    """The run's resolved spec (rckd.spec): everything `rckd train` computes from, checked here."""
     train = config["train"]
     epochs, milestones = schedule_for(run)
+    spec = RunSpec(arch=run.student, dataset=DATASET, data_options=config["data"]["options"], method=run.method,
+                   params=run.params, teacher=f"{run.teacher_run.dir}/model.pt" if run.teacher_run else None,
+                   seed=run.seed, epochs=epochs, milestones=tuple(milestones), lr=lr_for(run.student),
+                   **{key: train[key] for key in ("batch_size", "momentum", "weight_decay", "lr_decay", "precision",
+                                                  "compile")})
+    return spec.resolved()
+
+
+def train_args(wildcards):
+    """`rckd train` arguments of one run: its spec as JSON (what it computes, also in the log and the
+    run's spec.json), then where and how it runs."""
+    run = RUNS[wildcards.run]
+    train = config["train"]
     args = [
-        f"--arch {run.student}",
-        f"--method {run.method}",
-        f"--seed {run.seed}",
-        f"--dataset {DATASET}",
+        f"--spec {shlex.quote(json.dumps(SPECS[run.name], sort_keys=True))}",
         f"--data-root {shlex.quote(config['data']['root'])}",
-        f"--epochs {epochs}",
-        f"--batch-size {train['batch_size']}",
-        f"--lr {lr_for(run.student)}",
-        f"--momentum {train['momentum']}",
-        f"--weight-decay {train['weight_decay']}",
-        "--milestones " + " ".join(str(m) for m in milestones),
-        f"--lr-decay {train['lr_decay']}",
         f"--device {train['device']}",
-        f"--precision {train['precision']}",
-        f"--compile {train['compile']}",
         f"--checkpoint-every {train['checkpoint_every']}",
         f"--gpu-slots {train['jobs_per_gpu'] if ON_GPU and PROCESSES == 1 else 0}",
         f"--workers {train['workers']}",
     ]
-    args.append(data_options_args())
-    args += [f"--param {key}={format_value(value)}" for key, value in sorted(run.params.items())]
-    if run.teacher_run:
-        args.append(f"--teacher {run.teacher_run.dir}/model.pt")
     if bank_path(run):
         args.append(f"--teacher-bank {bank_path(run)}")
         args += ["--bank-fallback"] if config["train"]["teacher_bank"] == "auto" else []
@@ -272,7 +283,10 @@ def train_inputs(wildcards):
 
 
 def evaluate_inputs(wildcards):
-    return {**teacher_inputs(wildcards), "model": f"{RUNS[wildcards.run].dir}/model.pt"}
+    """teacher_inputs, the run's final weights and, for a trained run, its best epoch's (best.pt)."""
+    run = RUNS[wildcards.run]
+    return {**teacher_inputs(wildcards), "model": f"{run.dir}/model.pt",
+            **({} if run.imported else {"best": f"{run.dir}/best.pt"})}
 
 
 def experiment_outputs(name):
@@ -286,9 +300,29 @@ def summary_inputs(wildcards):
     return [f"{run.dir}/{name}" for run in runs for name in ("metrics.json", "eval.json")]
 
 
-for _run in RUNS.values():  # stretched schedules are checked up front
-    schedule_for(_run)
+try:  # every spec is resolved and checked up front, not hours later in a job
+    SPECS = {run.name: run_spec(run) for run in RUNS.values() if not run.imported}
+except RckdError as err:
+    config_error("train", str(err))
 IMPORTS = sorted({run.student for run in RUNS.values() if run.imported})
+
+
+def student_epochs():
+    """{teacher run name: the epochs of all its students together}."""
+    epochs = {}
+    for run in RUNS.values():
+        if run.teacher_run:
+            epochs[run.teacher_run.name] = epochs.get(run.teacher_run.name, 0) + run.epochs
+    return epochs
+
+
+STUDENT_EPOCHS = student_epochs()
+
+
+def teacher_priority(wildcards):
+    """Scheduling priority of a run's job (or its bank's): the epochs of the students waiting for it, so
+    that the teacher most students wait for starts first (it heads the DAG's critical path)."""
+    return STUDENT_EPOCHS.get(wildcards.run, 0)
 
 
 def bank_plan():
@@ -296,12 +330,8 @@ def bank_plan():
     a bank is BANK_VIEWS teacher passes over the training set, once; the live teacher is one pass per
     epoch of each of its students. (Whether the bank fits in memory is decided by each job: --bank-fallback.)"""
     policy = config["train"]["teacher_bank"]
-    student_epochs = {}
-    for run in RUNS.values():
-        if run.teacher_run:
-            student_epochs[run.teacher_run.name] = student_epochs.get(run.teacher_run.name, 0) + run.epochs
     return {name: policy == "on" or (policy == "auto" and epochs > BANK_VIEWS)
-            for name, epochs in student_epochs.items()}
+            for name, epochs in STUDENT_EPOCHS.items()}
 
 
 _PADDING = crop_padding(DATASET, config["data"]["options"])  # None: random-resized crops, no finite views

@@ -5,6 +5,7 @@ rule evaluate:
         f"{RESULTS}/runs/{{run}}/eval.json",
     params:
         teacher=lambda wildcards, input: f"--teacher {input.teacher}" if "teacher" in input.keys() else "",
+        best=lambda wildcards, input: f"--best {input.best}" if "best" in input.keys() else "",
         root=lambda wildcards, input: os.path.dirname(input.data),
         batch_size=config["evaluate"]["batch_size"],
         device=config["evaluate"]["device"],
@@ -23,7 +24,7 @@ rule evaluate:
         runtime=30,
         gpu=1 if EVAL_ON_GPU else 0,
     shell:
-        "python -m rckd evaluate --model {input.model} {params.teacher} --data-root {params.root} "
+        "python -m rckd evaluate --model {input.model} {params.best} {params.teacher} --data-root {params.root} "
         "--batch-size {params.batch_size} --device {params.device} --gpu-slots {params.slots} {params.options} "
         "--threads {threads} --workers {params.workers} "
         "--out {output} > {log} 2>&1"

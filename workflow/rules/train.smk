@@ -4,8 +4,10 @@ rule train:
         unpack(train_inputs),
     output:
         model=f"{RESULTS}/runs/{{run}}/model.pt",
+        best=f"{RESULTS}/runs/{{run}}/best.pt",
         history=f"{RESULTS}/runs/{{run}}/history.csv",
         metrics=f"{RESULTS}/runs/{{run}}/metrics.json",
+        spec=f"{RESULTS}/runs/{{run}}/spec.json",
     params:
         args=train_args,
         out=lambda wildcards: RUNS[wildcards.run].dir,
@@ -20,6 +22,7 @@ rule train:
     conda:
         "../../envs/rckd.yaml"
     threads: config["train"]["threads"]
+    priority: teacher_priority
     resources:
         mem_mb=config["train"]["mem_mb"],
         runtime=config["train"]["runtime"],
@@ -77,6 +80,7 @@ rule teacher_bank:
     conda:
         "../../envs/rckd.yaml"
     threads: config["train"]["threads"]
+    priority: teacher_priority
     resources:
         mem_mb=config["train"]["mem_mb"],
         runtime=config["train"]["runtime"],
