@@ -195,7 +195,8 @@ def capacity_figure(rows: list[Row], metric: str) -> Figure:
         missing = f" (teacher run not summarized, not shown: {', '.join(unplaced)})" if unplaced else ""
         top1_axes.set(title=f"student {student}: accuracy by teacher{missing}",
                       ylabel=f"student {metric}-epoch test top-1 (%)")
-        tau_axes.set(title=f"student {student}: rank fidelity by teacher", ylabel=f"{TAU_LABEL} ({metric}-epoch weights)")
+        tau_axes.set(title=f"student {student}: rank fidelity by teacher",
+                     ylabel=f"{TAU_LABEL} ({metric}-epoch weights)")
     figure.suptitle(f"{_dataset(rows)}: teacher capacity (mean ± sample std over seeds)")
     _figure_legend(figure, list(grid.flat))
     return figure

@@ -443,7 +443,8 @@ def ablation_table(rows: list[Row], metric: str) -> Section:
         parts.append(
             f"Teacher **{teacher}**, student **{student}**. Setting: the parameters that vary between runs; "
             f"fixed: {fixed or 'none'}. τ_nt: mean non-target Kendall τ-b to the teacher, of {WEIGHTS[metric]} "
-            f"as the top-1 beside it (eval.json). {legend({'top1': expected_top1, 'tau': expected_tau})} Bold: the best setting.\n\n"
+            f"as the top-1 beside it (eval.json). {legend({'top1': expected_top1, 'tau': expected_tau})} "
+            "Bold: the best setting.\n\n"
             + markdown_table(["Model", "Method", "Setting", "Top-1 (%)", "τ_nt"], body, text_columns=3))
     markdown = (f"### Ablation: {METRIC_NAME[metric]} test top-1 (%) and rank fidelity per setting\n\n"
                 f"{METRIC_NOTE[metric]}\n\n" + "\n\n".join(parts))
