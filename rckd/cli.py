@@ -65,18 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         _top_level_parser().parse_args(argv[:1] or ["--help"])
         return 2
     name, rest = argv[0], argv[1:]
+    module_name, doc = COMMANDS[name]
     try:
         check_workflow_checkout()
-    except RckdError as err:
-        print(f"rckd {name}: error: {err}", file=sys.stderr)
-        return 2
-    module_name, doc = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"rckd {name}", description=doc)
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
-    try:
-        return int(module.run(args) or 0)
+        module = importlib.import_module(module_name)
+        parser = argparse.ArgumentParser(prog=f"rckd {name}", description=doc)
+        module.add_arguments(parser)
+        return int(module.run(parser.parse_args(rest)) or 0)
     except RckdError as err:
         print(f"rckd {name}: error: {err}", file=sys.stderr)
         return 2
