@@ -3,7 +3,7 @@
 #   snakemake --cores 2 --configfile config/quick.yaml       # synthetic data, CPU, minutes
 import os
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -11,9 +11,6 @@ min_version("9.0")
 # Always the checkout's default, also when the working directory (-d) is elsewhere; --configfile and
 # --config are merged on top of it (nested mappings key by key, lists replaced whole).
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
-
-
-validate(config, "workflow/schemas/config.schema.yaml")
 
 
 report: "workflow/report/workflow.rst"
@@ -46,5 +43,5 @@ localrules:
 
 rule all:
     input:
-        all_outputs(),
+        PLAN.outputs(),
     default_target: True

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("rckd.export", "export a trained model to ONNX with a parity gate (+ int8)"),
     "bench": ("rckd.bench", "deployment latency of exported students"),
     "predict": ("rckd.deploy", "classify image files with an exported ONNX model (no torch)"),
+    "schema": ("rckd.plan.schema", "write the workflow's config schema from the Python that owns each value"),
 }
 
 

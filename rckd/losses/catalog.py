@@ -49,6 +49,9 @@ class Method:
     defaults: dict[str, Any]
     needs_teacher: bool
     summary: str
+    # True for a loss that reads the teacher beyond its logits of the training view (e.g. of other views
+    # of the batch): its students run the teacher live and never read a logit bank (rckd.plan).
+    live_teacher: bool = False
 
 
 METHODS: dict[str, Method] = {
@@ -75,6 +78,11 @@ def method(name: str) -> Method:
     if name not in METHODS:
         raise RckdError(f"unknown loss method {name!r}; choose one of: {', '.join(available())}")
     return METHODS[name]
+
+
+def needs_live_teacher(name: str) -> bool:
+    """Whether method `name` needs its teacher run live during training, so no logit bank serves it."""
+    return method(name).live_teacher
 
 
 def defaults(name: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from rckd.errors import RckdError
 from rckd.io import write_csv
+from rckd.plan.naming import format_params
 
 RUN_COLUMNS = ("experiment", "dataset", "teacher", "student", "method", "params", "seed", "epochs", "num_params",
                "best_top1", "final_top1", "wall_seconds")
@@ -31,27 +32,6 @@ REQUIRED_METRICS = ("arch", "teacher", "teacher_arch", "method", "params", "seed
                     "final_top1", "wall_seconds", "dataset")
 # A run is identified by these; two run directories with the same values would be counted twice.
 IDENTITY = ("teacher", "student", "method", "params", "seed", "epochs")
-
-
-def format_value(value: Any) -> str:
-    """A parameter value in canonical text: 4.0 -> '4', 0.5 -> '0.5', True -> 'true', [1, 2] -> '1/2'."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, (list, tuple)):
-        return "/".join(format_value(item) for item in value)
-    return str(value)
-
-
-def format_params(params: dict[str, Any]) -> str:
-    """Canonical parameter string with sorted keys, e.g. {'beta': 8, 'T': 4.0} -> 'T=4,beta=8'."""
-    return ",".join(f"{key}={format_value(params[key])}" for key in sorted(params))
-
-
-def parse_params(text: str) -> dict[str, str]:
-    """Inverse of format_params, with the values kept as text."""
-    return dict(item.partition("=")[::2] for item in text.split(",")) if text else {}
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:

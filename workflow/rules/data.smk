@@ -2,9 +2,9 @@ rule prepare_data:
     output:
         DATA_CACHE,
     params:
-        dataset=DATASET,
+        dataset=PLAN.dataset,
         download="--download" if config["data"]["download"] else "",
-        options=data_options_args(),
+        options=data_options_args(config),
         root=lambda wildcards, output: os.path.dirname(output[0]),
     log:
         f"{LOGS}/prepare.log",

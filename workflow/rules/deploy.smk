@@ -8,7 +8,7 @@ rule export_onnx:
         report=f"{RESULTS}/deploy/{{run}}/export.json",
     params:
         root=lambda wildcards, input: os.path.dirname(input.data),
-        options=data_options_args(),
+        options=data_options_args(config),
         test_images=config["export"]["test_images"],
         int8=lambda wildcards, output: (
             f"--int8-out {output.int8} --calibration-size {config['export']['calibration_size']}"
@@ -32,9 +32,9 @@ rule export_onnx:
 
 rule bench:
     input:
-        exports=[f"{RESULTS}/deploy/{run.name}/export.json" for run in deploy_runs()],
+        exports=[f"{RESULTS}/deploy/{run.name}/export.json" for run in PLAN.exports],
         # Waiting for every experiment keeps training jobs off the cores while latency is measured.
-        summaries=[f"{RESULTS}/{name}/summary.csv" for name in EXPERIMENTS],
+        summaries=[f"{RESULTS}/{name}/summary.csv" for name in PLAN.experiments],
     output:
         csv=report(
             f"{RESULTS}/deploy/latency.csv",
@@ -49,7 +49,7 @@ rule bench:
             labels={"output": "latency chart"},
         ),
     params:
-        models=" ".join(f"{RESULTS}/deploy/{run.name}/model.onnx" for run in deploy_runs()),
+        models=" ".join(f"{RESULTS}/deploy/{run.name}/model.onnx" for run in PLAN.exports),
         batch_sizes=" ".join(str(size) for size in config["bench"]["batch_sizes"]),
         bench=config["bench"],
     log:

@@ -9,7 +9,7 @@ rule evaluate:
         root=lambda wildcards, input: os.path.dirname(input.data),
         batch_size=config["evaluate"]["batch_size"],
         device=config["evaluate"]["device"],
-        options=data_options_args(),
+        options=data_options_args(config),
         slots=config["train"]["jobs_per_gpu"] if EVAL_ON_GPU else 0,
         workers=config["train"]["workers"],
     log:

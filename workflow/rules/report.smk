@@ -9,8 +9,8 @@ rule summarize:
             labels={"experiment": "{experiment}", "output": "summary"},
         ),
     params:
-        runs=lambda wildcards: " ".join(run.dir for _, run in labelled_runs(wildcards.experiment)),
-        methods=lambda wildcards: " ".join(label for label, _ in labelled_runs(wildcards.experiment)),
+        runs=lambda wildcards: " ".join(run.dir for _, run in PLAN.experiments[wildcards.experiment].runs),
+        methods=lambda wildcards: " ".join(label for label, _ in PLAN.experiments[wildcards.experiment].runs),
     log:
         f"{LOGS}/summarize/{{experiment}}.log",
     benchmark:
@@ -44,7 +44,7 @@ rule table:
             labels={"experiment": "{experiment}", "output": "table"},
         ),
     params:
-        kind=lambda wildcards: kind_of(wildcards.experiment),
+        kind=lambda wildcards: PLAN.experiments[wildcards.experiment].kind,
     log:
         f"{LOGS}/table/{{experiment}}.log",
     benchmark:
@@ -65,17 +65,17 @@ rule plot:
         f"{RESULTS}/{{experiment}}/summary.csv",
     output:
         report(
-            f"{RESULTS}/{{experiment}}/{{kind}}.png",
+            f"{RESULTS}/{{experiment}}/{{figure}}.png",
             caption="../report/plot.rst",
             category="{experiment}",
-            labels={"experiment": "{experiment}", "output": "{kind}"},
+            labels={"experiment": "{experiment}", "output": "{figure}"},
         ),
     wildcard_constraints:
-        kind="curves|capacity|ablation",
+        figure="|".join(figures()),
     log:
-        f"{LOGS}/plot/{{experiment}}-{{kind}}.log",
+        f"{LOGS}/plot/{{experiment}}-{{figure}}.log",
     benchmark:
-        f"{LOGS}/benchmark/plot/{{experiment}}-{{kind}}.tsv"
+        f"{LOGS}/benchmark/plot/{{experiment}}-{{figure}}.tsv"
     conda:
         "../../envs/rckd.yaml"
     threads: 1
@@ -83,4 +83,4 @@ rule plot:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m rckd plot --kind {wildcards.kind} --summary {input} --out {output} > {log} 2>&1"
+        "python -m rckd plot --kind {wildcards.figure} --summary {input} --out {output} > {log} 2>&1"

@@ -1,3 +1,8 @@
+# A data-parallel run is one job that starts its processes itself, one per GPU of its node.
+TRAIN_COMMAND = ("python -m rckd train" if PROCESSES == 1 else
+                 f"python -m torch.distributed.run --standalone --nproc_per_node {PROCESSES} -m rckd train")
+
+
 # Teachers, vanilla students and distilled students are all one rule: a run is a directory.
 rule train:
     input:
@@ -9,7 +14,7 @@ rule train:
         metrics=f"{RESULTS}/runs/{{run}}/metrics.json",
         spec=f"{RESULTS}/runs/{{run}}/spec.json",
     params:
-        args=train_args,
+        args=lambda wildcards: train_args(config, RUNS[wildcards.run]),
         out=lambda wildcards: RUNS[wildcards.run].dir,
         # torch threads per process: the job's cores are shared by its data-parallel processes
         threads=lambda wildcards, threads: max(1, threads // PROCESSES),
@@ -41,10 +46,10 @@ rule import_teacher:
         model=f"{RESULTS}/runs/{{arch}}/none/ce/{TEACHER_SOURCE}/seed{{seed}}/model.pt",
         metrics=f"{RESULTS}/runs/{{arch}}/none/ce/{TEACHER_SOURCE}/seed{{seed}}/metrics.json",
     wildcard_constraints:
-        arch="|".join(IMPORTS) or "no-imports",
+        arch="|".join(PLAN.imports) or "no-imports",
     params:
         source=TEACHER_SOURCE,
-        args=import_args,
+        args=lambda wildcards, input: import_args(config, getattr(input, "archive", None)),
     log:
         f"{LOGS}/import_teacher/{{arch}}-seed{{seed}}.log",
     benchmark:
@@ -68,9 +73,9 @@ rule teacher_bank:
     output:
         f"{RESULTS}/runs/{{run}}/bank.pt",
     params:
-        dataset=DATASET,
+        dataset=PLAN.dataset,
         root=lambda wildcards, input: os.path.dirname(input.data),
-        options=data_options_args(),
+        options=data_options_args(config),
         device=config["train"]["device"],
         slots=config["train"]["jobs_per_gpu"] if ON_GPU else 0,
     log:
