@@ -5,10 +5,10 @@
 BASELINE_DIR holds, per config/<name>.yaml, `<name>.txt` (`snakemake -n --summary`: output file <TAB>
 rule) and `<name>.shell.txt` (every job's shell command of `snakemake -n -p`). This script makes the same
 lists from this checkout, each in an empty work directory, and prints the differences: none means the
-same jobs with the same output files and the same commands. (Like the recorded lists, it passes no
---cores: a dry run then plans with one core, which caps the threads in the commands.) Two known differences are normalised away:
-the checkout's path in commands (the published.yaml input) and the train rule's `--tensorboard on|off`,
-which issue 19 added. Exit status 1 when any list differs.
+same jobs with the same output files and the same commands. Like the recorded lists, it passes no
+--cores: a dry run then plans with one core, which caps the threads in the commands. Two known
+differences are normalised away: the checkout's path in commands (the published.yaml input) and the
+train rule's `--tensorboard on|off`, which issue 19 added. Exit status 1 when any list differs.
 """
 
 from __future__ import annotations

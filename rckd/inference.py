@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from rckd.data.augment import eval_inputs
+from rckd.data.imagefolder import FileSplit
 from rckd.data.options import resolve_options
-from rckd.data.split import FileSplit, Split
+from rckd.data.split import Split
 from rckd.errors import RckdError
 
 

@@ -19,7 +19,7 @@ from rckd.data.options import resolve_options
 from rckd.errors import RckdError
 from rckd.io import write_csv
 from rckd.report import tables
-from rckd.report.summary import COLUMNS, format_params, read_summary, summarize
+from rckd.report.summary import COLUMNS, read_summary, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "config" / "published.yaml"
@@ -78,12 +78,6 @@ def write_summary(path: Path, rows: list[dict]) -> Path:
 
 
 # --- summarize ----------------------------------------------------------------------------------
-
-
-def test_format_params_is_canonical():
-    assert format_params({"beta": 8, "T": 4.0, "relation": "rank", "warm": True, "alpha": 0.5}) == \
-        "T=4,alpha=0.5,beta=8,relation=rank,warm=true"
-    assert format_params({}) == ""
 
 
 def test_summarize_writes_one_row_per_run(tmp_path):
@@ -148,8 +142,9 @@ def table_lines(markdown: str, heading: str) -> list[str]:
 def test_main_table_means_stds_bold_deltas_and_missing(tmp_path):
     summary = write_summary(tmp_path / "summary.csv", main_rows())
     md, csv_path, paired_path = tmp_path / "table.md", tmp_path / "table.csv", tmp_path / "paired.csv"
-    assert cli(["table", "--experiment", "main", "--summary", str(summary), "--published", str(PUBLISHED),
-                "--out-md", str(md), "--out-csv", str(csv_path), "--out-paired", str(paired_path)]) == 0
+    assert cli(["table", "--experiment", "main", "--kind", "main", "--summary", str(summary),
+                "--published", str(PUBLISHED), "--out-md", str(md), "--out-csv", str(csv_path),
+                "--out-paired", str(paired_path)]) == 0
     text = md.read_text()
     best = table_lines(text, "Main: best-epoch")
     assert best[0] == "| Teacher → Student | Teacher | Vanilla student | KD | DKD | DIST | RCKD | RCKD − KD |"
@@ -188,25 +183,26 @@ def test_teacher_cells_show_the_teacher_run_that_was_used(tmp_path):
     rows += [summary_row("resnet56", "resnet20", method, seed, 71.0 + seed, "T=4", tau=0.4, teacher_seed=1)
              for method in ("kd", "rckd") for seed in (0, 1)]
     summary_rows = rows_from_csv(tmp_path, rows)
-    for experiment, heading, expected in (
+    for kind, heading, expected in (
             ("main", "Main: best-epoch", "| resnet56 → resnet20 | 76.00 | 69.50 ± 0.71 |"),
             ("capacity", "Capacity: best-epoch", "| resnet56 | 76.00 |"),
-            ("ablation", "Ablation: best-epoch", "| resnet56 | Teacher (CE) | n/a | 76.00 | n/a |")):
-        markdown, csv_rows, _ = tables.build_report(experiment, summary_rows, "best", None, tmp_path / "summary.csv")
+            ("sweep", "Ablation: best-epoch", "| resnet56 | Teacher (CE) | n/a | 76.00 | n/a |")):
+        markdown, csv_rows, _ = tables.build_report("x", kind, summary_rows, "best", None, tmp_path / "summary.csv")
         assert table_lines(markdown, heading)[2].startswith(expected)
-    main_csv = tables.build_report("main", summary_rows, "best", None, tmp_path / "summary.csv")[1]
+    main_csv = tables.build_report("main", "main", summary_rows, "best", None, tmp_path / "summary.csv")[1]
     assert (main_csv[0]["teacher_top1_mean"], main_csv[0]["teacher_top1_n"]) == (76.0, 1)
     # A teacher run that is not in the summary is shown as missing, never replaced by another seed.
     unused = [row for row in rows if (row["student"], row["seed"]) != ("resnet56", 1)]
-    markdown = tables.build_report("main", rows_from_csv(tmp_path, unused), "best", None, tmp_path / "summary.csv")[0]
+    markdown = tables.build_report("main", "main", rows_from_csv(tmp_path, unused), "best", None,
+                                   tmp_path / "summary.csv")[0]
     assert table_lines(markdown, "Main: best-epoch")[2].startswith("| resnet56 → resnet20 | — | 69.50 ± 0.71 |")
 
 
 def test_paired_comparison_is_a_t_interval_over_matched_seeds(tmp_path):
     summary = write_summary(tmp_path / "summary.csv", main_rows())
     paired_path = tmp_path / "paired.csv"
-    cli(["table", "--experiment", "main", "--summary", str(summary), "--out-md", str(tmp_path / "t.md"),
-         "--out-csv", str(tmp_path / "t.csv"), "--out-paired", str(paired_path)])
+    cli(["table", "--experiment", "main", "--kind", "main", "--summary", str(summary),
+         "--out-md", str(tmp_path / "t.md"), "--out-csv", str(tmp_path / "t.csv"), "--out-paired", str(paired_path)])
     rows = {row["baseline"]: row for row in csv.DictReader(open(paired_path))}
     kd_differences = np.array([72.0 - 70.0, 72.6 - 70.4, 72.1 - 70.2, 73.5 - 72.5])  # 3 seeds + vgg pair
     low, high = stats.t.interval(0.95, len(kd_differences) - 1, loc=kd_differences.mean(),
@@ -227,7 +223,7 @@ def test_paired_comparison_is_a_t_interval_over_matched_seeds(tmp_path):
 def test_main_table_refuses_two_settings_of_one_method(tmp_path):
     rows = main_rows() + [summary_row("resnet56", "resnet20", "kd", 0, 70.0, "T=2")]
     with pytest.raises(RckdError, match="2 settings"):
-        tables.build_report("main", rows_from_csv(tmp_path, rows), "best", None, tmp_path / "summary.csv")
+        tables.build_report("main", "main", rows_from_csv(tmp_path, rows), "best", None, tmp_path / "summary.csv")
 
 
 def rows_from_csv(tmp_path: Path, rows: list[dict]) -> list[dict]:
@@ -241,8 +237,8 @@ def test_capacity_table_sorts_teachers_by_their_accuracy(tmp_path):
         for seed in (0, 1):
             rows.append(summary_row(teacher, "resnet20", "kd", seed, 70.0 + seed, "T=4", tau=0.30 + 0.02 * seed))
             rows.append(summary_row(teacher, "resnet20", "rckd", seed, 71.0 + seed, "T=4", tau=0.50, best_tau=0.55))
-    markdown, csv_rows, _ = tables.build_report("capacity", rows_from_csv(tmp_path, rows), "best", PUBLISHED,
-                                                tmp_path / "summary.csv")
+    markdown, csv_rows, _ = tables.build_report("capacity", "capacity", rows_from_csv(tmp_path, rows), "best",
+                                                PUBLISHED, tmp_path / "summary.csv")
     lines = table_lines(markdown, "Capacity: best-epoch")
     assert lines[0] == "| Teacher | Teacher top-1 | KD top-1 | KD τ_nt | RCKD top-1 | RCKD τ_nt |"
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| resnet56", "| resnet110", "| resnet32x4"]
@@ -260,7 +256,7 @@ def test_ablation_table_shows_what_varies(tmp_path):
     for relation, rc, accuracy in (("rank", 1, 74.0), ("rank", 2, 74.5), ("prob_diff", 1, 73.5)):
         rows.append(summary_row("resnet32x4", "resnet8x4", "rckd", 0, accuracy, f"T=4,rc={rc},relation={relation}",
                                 tau=0.5))
-    markdown, csv_rows, _ = tables.build_report("ablation", rows_from_csv(tmp_path, rows), "best", None,
+    markdown, csv_rows, _ = tables.build_report("ablation", "sweep", rows_from_csv(tmp_path, rows), "best", None,
                                                 tmp_path / "summary.csv")
     lines = table_lines(markdown, "Ablation: best-epoch")
     assert lines[2] == "| resnet32x4 | Teacher (CE) | n/a | 79.00 | n/a |"
@@ -277,7 +273,7 @@ def test_table_rejects_a_summary_of_two_data_sets(tmp_path):
     rows = main_rows()
     rows[0]["dataset"] = "fashion_mnist"
     with pytest.raises(RckdError, match="2 data sets"):
-        tables.build_report("main", rows_from_csv(tmp_path, rows), "best", None, tmp_path / "summary.csv")
+        tables.build_report("main", "main", rows_from_csv(tmp_path, rows), "best", None, tmp_path / "summary.csv")
 
 
 # --- plots --------------------------------------------------------------------------------------

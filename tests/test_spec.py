@@ -73,14 +73,16 @@ def test_train_without_arch_or_spec_says_what_to_pass(tmp_path, capsys):
 
 
 def test_the_workflow_defaults_are_the_specs():
-    """config.yaml's train section and the schema's defaults hold the RunSpec defaults, not their own."""
+    """The schema's training defaults are the RunSpec defaults (the schema is generated from them), and
+    config.yaml restates none of them (tests/test_plan.py: it restates no default at all)."""
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
     train_schema = schema["properties"]["train"]["properties"]
-    train_config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["train"]
+    train_config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text()).get("train", {})
     defaults = RunSpec(**BASE)
     shared = [item.name for item in fields(RunSpec) if item.name in train_schema]
     assert set(shared) == {"epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "lr_decay",
                            "precision", "compile"}
     for name in shared:
         default = list(getattr(defaults, name)) if name == "milestones" else getattr(defaults, name)
-        assert train_schema[name]["default"] == default == train_config[name], name
+        assert train_schema[name]["default"] == default, name
+        assert train_config.get(name, default) == default, name

@@ -1,4 +1,5 @@
-"""The Snakemake workflow: lint, dry-run job counts, config validation, and the quick DAG end to end."""
+"""The Snakemake workflow: lint, dry-run job counts against the plan, config errors through snakemake, and
+the quick and ImageNet-layout DAGs end to end. (The planner itself: tests/test_plan.py.)"""
 
 from __future__ import annotations
 
@@ -12,14 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from rckd import losses, models
-from rckd.losses import catalog
 from rckd.teachers import SOURCES
+from test_plan import BAD_CONFIGS, config_file, planned
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -28,70 +26,10 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900, env: dict | None = 
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    """Snakemake's --configfile merge: nested mappings key by key, everything else replaced."""
-    merged = dict(base)
-    for key, value in override.items():
-        merged[key] = deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
-            else value
-    return merged
-
-
 def job_counts(output: str) -> dict[str, int]:
     """The 'Job stats' table of a dry run, as {rule: count}."""
     table = output.split("Job stats:")[1].split("\n\n")[0]
     return {match[1]: int(match[2]) for match in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
-
-
-def canonical(method: str, params: dict) -> frozenset:
-    """Parameters that differ from the loss defaults: two runs with the same are the same run."""
-    defaults = losses.defaults(method)
-    return frozenset((key, value) for key, value in params.items() if defaults.get(key) != value)
-
-
-def expected_labelled_runs(config: dict) -> set[tuple]:
-    """Every (method name, training run) the experiments need, counted from the config on its own.
-
-    A run is (student, teacher, loss, changed parameters, seed, teacher epochs): a teacher trains for
-    train.teacher_epochs when set, so it is then not the vanilla student of its architecture."""
-    seeds, teacher_seed = config.get("seeds", [0]), config.get("teacher_seed", 0)
-    train = config.get("train", {})
-    epochs = train.get("epochs", 240)
-    teacher_epochs = train.get("teacher_epochs") or epochs
-    names = config.get("methods", {})
-    ce = lambda arch, seed, role="student": ("ce", (arch, None, "ce", frozenset(), seed,  # noqa: E731
-                                                    teacher_epochs if role == "teacher" else epochs))
-
-    def distilled(name, student, teacher, seed, overrides=None):
-        spec = {**names.get(name, {}), **(overrides or {})}
-        loss = spec.pop("method", name)
-        return name, (student, teacher, loss, canonical(loss, spec), seed, epochs)
-
-    runs = set()
-    for name, spec in config["experiments"].items():
-        teachers = spec.get("teachers", [spec.get("teacher")])
-        runs |= {ce(teacher, teacher_seed, "teacher") for teacher in teachers}
-        for seed in seeds:
-            if name == "main":
-                for pair in spec["pairs"]:
-                    runs.add(ce(pair["student"], seed))
-                    for method in spec["methods"]:
-                        runs.add(distilled(method, pair["student"], pair["teacher"], seed,
-                                           pair.get("params", {}).get(method)))
-            elif name == "capacity":
-                runs.add(ce(spec["student"], seed))
-                runs |= {distilled(method, spec["student"], teacher, seed)
-                         for teacher in spec["teachers"] for method in spec["methods"]}
-            else:  # a sweep of one method, one factor at a time around its settings plus base
-                runs.add(ce(spec["student"], seed))
-                for key, values in spec["sweep"].items():
-                    runs |= {distilled(spec["method"], spec["student"], spec["teacher"], seed,
-                                       {**spec.get("base", {}), key: value}) for value in values}
-    return runs
-
-
-def expected_runs(config: dict) -> set[tuple]:
-    return {run for _, run in expected_labelled_runs(config)}
 
 
 def test_lint_is_clean(tmp_path):
@@ -104,91 +42,40 @@ def test_default_config_plans_every_job_once(tmp_path):
     result = snakemake(tmp_path, "-n")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
-    runs = expected_runs(CONFIG)
-    # The paper DAG per seed: main 6 teachers + 9 vanilla students + 11 pairs x 6 methods = 81, capacity 15
-    # more (its resnet56 teacher's runs are main's), the RCKD ablation 6 more (its default is main's).
-    assert len(runs) == 102
-    main = CONFIG["experiments"]["main"]
-    students = {pair["student"] for pair in main["pairs"]}
-    teachers_with_students = {run[1] for run in runs if run[1]}
+    paper = planned()
+    assert len(paper.runs) == 102  # tests/test_plan.py counts them
     assert counts == {
-        "prepare_data": 1, "train": len(runs), "evaluate": len(runs), "summarize": 3, "table": 3, "plot": 3,
-        # auto: every teacher has more student epochs (>= 240) than the bank has views (162)
-        "teacher_bank": len(teachers_with_students),
-        # every main student, vanilla and distilled by each method, first seed only
-        "export_onnx": len(students) + len(main["pairs"]) * len(main["methods"]),
-        "bench": 1, "all": 1, "total": counts["total"],
+        "prepare_data": 1, "train": len(paper.runs), "evaluate": len(paper.runs), "summarize": 3, "table": 3,
+        "plot": 3, "teacher_bank": sum(paper.banks.values()), "export_onnx": len(paper.exports), "bench": 1, "all": 1,
+        "total": counts["total"],
     }
+    assert sum(paper.banks.values()) == 8 and len(paper.exports) == 9 + 11 * 6  # main's students, first seed
 
 
-@pytest.mark.parametrize("configfile", ["config.yaml", "quick.yaml", "fashion.yaml", "imagenet.yaml"])
+@pytest.mark.parametrize("configfile", ["config", "quick", "fashion", "imagenet"])
 def test_every_config_plans_without_torch(tmp_path, configfile):
     """The process that plans the DAG never imports torch: a torch that fails to import changes nothing,
-    and each config plans the runs of its enabled experiments (and exports the students of
-    export.methods)."""
+    and each config plans the jobs of its plan: every run trained or imported, evaluated, and the students
+    of export.methods exported."""
     blocker = tmp_path / "blocker" / "torch"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('torch is blocked in this test')\n")
     env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
-    result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / configfile), env=env)
+    result = snakemake(tmp_path, "-n", "--configfile", str(config_file(configfile)), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
-    assert counts["train"] > 0
-    if configfile in ("quick.yaml", "fashion.yaml"):  # (config.yaml: above; imagenet.yaml imports its teachers)
-        merged = deep_merge(CONFIG, yaml.safe_load((ROOT / "config" / configfile).read_text()))
-        merged["experiments"] = {name: spec for name, spec in merged["experiments"].items()
-                                 if spec.get("enabled", True)}
-        assert counts["train"] == len(expected_runs(merged))
-        main = merged["experiments"]["main"]
-        exported = merged["export"]["methods"] or ["ce", *main["methods"]]
-        students = {pair["student"] for pair in main["pairs"]}
-        assert counts["export_onnx"] == (len(students) * ("ce" in exported)
-                                         + len(main["pairs"]) * len(set(exported) - {"ce"}))
+    config_plan = planned(config_file(configfile))
+    imported = sum(run.imported for run in config_plan.runs.values())
+    assert counts["train"] == len(config_plan.runs) - imported > 0
+    assert counts.get("import_teacher", 0) == imported and counts["evaluate"] == len(config_plan.runs)
+    assert counts["export_onnx"] == len(config_plan.exports) > 0
+    assert counts["summarize"] == counts["table"] == counts["plot"] == len(config_plan.experiments)
 
 
-def test_schema_lists_exactly_the_registered_models_and_methods():
-    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    assert sorted(schema["$defs"]["arch"]["enum"]) == models.available()
-    assert sorted(schema["$defs"]["loss_method"]["enum"] + ["ce"]) == losses.available()
-    known = set().union(*(losses.defaults(method) for method in losses.available()))
-    assert set(schema["$defs"]["param_name"]["enum"]) == known == set(catalog.PARAMETERS)
-    assert schema["properties"]["teachers"]["properties"]["source"]["enum"] == ["train", *SOURCES]
-
-
-BAD_CONFIGS = {
-    "unknown model": ("experiments: {main: {teachers: [resnet56], methods: [kd], "
-                      "pairs: [{teacher: resnet56, student: resnet999}]}}", ["resnet999", "resnet8x4"]),
-    "unknown method": ("experiments: {main: {teachers: [resnet56], methods: [fitnet], "
-                       "pairs: [{teacher: resnet56, student: resnet20}]}}", ["methods.fitnet", "rckd"]),
-    "variant of an unknown loss": ("methods: {kd_x: {method: fitnet}}", ["fitnet", "kd_x", "rckd"]),
-    "two names for one run": ("methods: {kd_again: {method: kd}}\nexperiments: {main: {teachers: [resnet56], "
-                              "methods: [kd, kd_again], pairs: [{teacher: resnet56, student: resnet20}]}}",
-                              ["'kd' and 'kd_again' are the same run"]),
-    "sweep without a method": ("experiments: {dkd_beta: {teacher: resnet56, student: resnet20, "
-                               "sweep: {beta: [1, 2]}}}", ["method", "required"]),
-    "published teachers of other data": ("dataset: synthetic\nteachers: {source: mdistiller}",
-                                         ["teachers.source", "synthetic"]),
-    "unknown dataset": ("dataset: mnist", ["mnist", "cifar100", "imagenet"]),
-    "bank of random-resized crops": ('dataset: imagenet\ntrain: {teacher_bank: "on"}',
-                                     ["train.teacher_bank", "random sizes"]),
-    "batch that does not divide": ("train: {processes: 3}", ["train.batch_size", "64", "processes = 3"]),
-    "untrained teacher": ("experiments: {main: {teachers: [resnet56], methods: [kd], "
-                          "pairs: [{teacher: vgg13, student: vgg8}]}}",
-                          ["experiments.main.pairs[0].teacher", "vgg13", "resnet56"]),
-    "negative epochs": ("train: {epochs: -3}", ["epochs", "-3", "minimum"]),
-    "typo in a key": ("train: {epoch: 10}", ["epoch", "Additional properties"]),
-    "unknown loss parameter": ("methods: {kd: {temperature: 4}}", ["temperature"]),
-    "bad loss parameter value": ("methods: {rckd: {T: -1}}", ["rckd", "T", "-1"]),
-    "unknown data option": ("dataset: synthetic\ndata: {options: {train_per_clas: 5}}",
-                            ["data.options", "train_per_clas", "train_per_class"]),
-    "squeezed schedule": ("train: {teacher_epochs: 2}", ["train.teacher_epochs", "squeeze"]),
-    "bad bank policy": ("train: {teacher_bank: sometimes}", ["teacher_bank", "sometimes"]),
-    "export of a method not in main": ("export: {methods: [ce, fitnet]}", ["export.methods", "fitnet"]),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+@pytest.mark.parametrize("case", ["typo in a key", "untrained teacher", "experiment without a kind"])
 def test_bad_config_stops_before_any_job(tmp_path, case):
+    """A schema error, a planner error and an old layout, each through snakemake (tests/test_plan.py checks
+    every bad config's message without a snakemake process)."""
     text, expected = BAD_CONFIGS[case]
     (tmp_path / "bad.yaml").write_text(text + "\n")
     result = snakemake(tmp_path, "--configfile", str(tmp_path / "bad.yaml"))
@@ -210,21 +97,6 @@ def spec_of(args: str) -> dict:
     return json.loads(shlex.split(re.search(r"--spec ('.*?'|\S+) ", args).group(1))[0])
 
 
-def test_toggling_an_experiment_leaves_the_other_runs_untouched(tmp_path):
-    """main's rckd run is also the ablation's default variant: its spec must not depend on that. (Whether
-    a student reads a bank may: teacher_bank auto weighs the epochs of all the teacher's students.)"""
-    quick = ["--configfile", str(ROOT / "config" / "quick.yaml")]
-    off = tmp_path / "off.yaml"
-    off.write_text("experiments: {ablation: {enabled: false}}\n")
-    both = snakemake(tmp_path, "-n", "-p", *quick)
-    main_only = snakemake(tmp_path, "-n", "-p", *quick, str(off))
-    assert both.returncode == 0 and main_only.returncode == 0, both.stderr + main_only.stderr
-    with_ablation, without = train_commands(both), train_commands(main_only)
-    shared = with_ablation.keys() & without.keys()
-    assert any("/rckd/default/" in run for run in shared)
-    assert {run: spec_of(with_ablation[run]) for run in shared} == {run: spec_of(without[run]) for run in shared}
-
-
 def test_published_teachers_are_imported_not_trained(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "cifar_teachers.tar").touch()  # planning only needs the archive to exist
@@ -233,7 +105,7 @@ def test_published_teachers_are_imported_not_trained(tmp_path):
     counts = job_counts(result.stdout)
     imported = set(SOURCES["mdistiller"])
     assert counts["import_teacher"] == len(imported)
-    assert counts["train"] == len(expected_runs(CONFIG)) - len(imported)
+    assert counts["train"] == len(planned().runs) - len(imported)
     commands = train_commands(result)
     assert all(f"/{arch}/none/ce/mdistiller/seed0/model.pt" in " ".join(commands.values()) for arch in imported)
     assert not any("/mdistiller/" in run for run in commands)  # no training job writes an imported teacher
@@ -284,11 +156,10 @@ def test_quick_dag_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-5000:]
 
     results = tmp_path / "results" / "synthetic"
-    quick = deep_merge(deep_merge(CONFIG, yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())),
-                       yaml.safe_load(tiny.read_text()))
+    quick = planned(config_file("quick"), tiny)
     for name in ("main", "capacity", "ablation"):
         rows = read_csv(results / name / "summary.csv")
-        assert len(rows) == len(expected_runs({**quick, "experiments": {name: quick["experiments"][name]}}))
+        assert len(rows) == len(quick.experiments[name].runs)
         assert all(0 <= float(row["best_top1"]) <= 100 for row in rows)
         assert (results / name / "table.md").read_text().strip()
     assert (results / "main" / "curves.png").stat().st_size > 1000
@@ -300,8 +171,7 @@ def test_quick_dag_end_to_end(tmp_path):
         spec = json.loads((metrics_file.parent / "spec.json").read_text())
         assert spec == json.loads(metrics_file.read_text())["spec"]
         assert spec["epochs"] == (3 if "/none/ce/epochs=3/" in str(metrics_file) else 2)
-    assert len(list((results / "runs").glob("*/none/ce/*/seed0/bank.pt"))) == len(quick["experiments"]["capacity"]
-                                                                                ["teachers"])
+    assert len(list((results / "runs").glob("*/none/ce/*/seed0/bank.pt"))) == sum(quick.banks.values()) == 2
     latency = read_csv(results / "deploy" / "latency.csv")
     assert latency and all(float(row["p50_ms"]) > 0 for row in latency)
 
@@ -319,8 +189,8 @@ def test_quick_dag_end_to_end(tmp_path):
     plan = snakemake(tmp_path, *configs, str(changed), "-n")
     assert plan.returncode == 0, plan.stderr
     trained = re.findall(r"^rule train:\n(?:.*\n)*?\s+output: (\S+)/model\.pt", plan.stdout, re.M)
-    kd_runs = {run for name, run in expected_labelled_runs(quick) if name == "kd"}
-    assert len(trained) == len(kd_runs) and all("/kd/T=3/" in path for path in trained)
+    kd_runs = {run.name for experiment in quick.experiments.values() for label, run in experiment.runs if label == "kd"}
+    assert len(kd_runs) == 2 and len(trained) == len(kd_runs) and all("/kd/T=3/" in path for path in trained)
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from rckd.data.options import DATASETS
 
 __all__ = ["DATASETS", "FileSplit", "Split", "load", "load_splits", "prepare_cache"]
 
-_LAZY = {"Split": "rckd.data.split", "FileSplit": "rckd.data.split", "load": "rckd.data.datasets", "load_splits": "rckd.data.datasets",
+_LAZY = {"Split": "rckd.data.split", "FileSplit": "rckd.data.imagefolder", "load": "rckd.data.datasets", "load_splits": "rckd.data.datasets",
          "prepare_cache": "rckd.data.prepare"}
 
 

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from rckd.data import cache, imagefolder, synthetic
+from rckd.data.imagefolder import FileSplit
 from rckd.data.options import STREAMED, resolve_options
-from rckd.data.split import FileSplit, Split
+from rckd.data.split import Split
 from rckd.errors import RckdError
 
 SPLITS = ("train", "test")

@@ -20,6 +20,7 @@ import math
 import os
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,6 @@ from torch.utils.data import DataLoader, Dataset
 from rckd.checkpoint import load_torch, save_torch
 from rckd.data.augment import TrainBatch, channel_tensor, to_model_input
 from rckd.data.options import ImageFolderOptions, make_options
-from rckd.data.split import FileSplit
 from rckd.errors import RckdError
 
 MEAN = (0.485, 0.456, 0.406)
@@ -38,6 +38,29 @@ FOLDERS = {"train": "train", "test": "val"}
 EXTENSIONS = (".jpeg", ".jpg", ".png")
 FORMAT = 1
 NO_VIEW = -1  # a random-resized crop has no view number: no teacher bank for these data sets
+
+
+@dataclass(frozen=True)
+class FileSplit:
+    """A split streamed from image files: they are decoded batch by batch (the loaders below)."""
+
+    folder: Path  # the split's directory: folder / files[i] is image i
+    files: list[str]
+    labels: torch.Tensor  # int64 [N]
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    options: ImageFolderOptions  # crop and resize sizes
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def input_size(self) -> list[int]:
+        return [3, self.options.image_size, self.options.image_size]
+
+    def eval_images(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.stack([eval_view(self.folder / self.files[i], self.options) for i in indices.tolist()])
 
 
 def folder_of(root: str | os.PathLike, name: str) -> Path:

@@ -1,8 +1,11 @@
 """`rckd plot`: figures of an experiment from its summary.csv (and the runs' history.csv) -> PNG.
 
+Each experiment kind names its figure and the function that draws it (rckd.plan.kinds); `--kind` takes
+the figure's name:
+
 - curves: per teacher -> student pair, test top-1 and non-target Kendall tau per epoch, one line per
   method (mean over seeds, band from the lowest to the highest seed); the vanilla student joins
-  the top-1 panel and the teacher's accuracy is a dotted line.
+  the top-1 panel and the teacher's accuracy (--metric: of its best or final epoch) is a dotted line.
 - capacity: student top-1 and non-target tau against the teacher's own top-1, one line per method.
 - ablation: one horizontal bar per distillation setting (top-1 and tau), error bars = sample std
   over seeds (none with one seed).
@@ -24,11 +27,12 @@ from matplotlib.ticker import MaxNLocator
 
 from rckd.errors import RckdError
 from rckd.io import atomic_path
+from rckd.plan import kinds
+from rckd.plan.naming import parse_params
 from rckd.report import (TAU_COLUMN, TOP1_COLUMN, Row, Stat, distill_methods, distilled_pairs, group_runs,
                          method_label, runs_of, stat, teacher_runs, vanilla_runs)
-from rckd.report.summary import parse_params, read_summary
+from rckd.report.summary import read_summary
 
-KINDS = ("curves", "capacity", "ablation")
 METHOD_COLORS = {"ce": "#7f7f7f", "kd": "#1f77b4", "dkd": "#ff7f0e", "dist": "#2ca02c", "kd_ls": "#17becf",
                  "dkd_ls": "#bcbd22", "wttm": "#8c564b", "rckd": "#d62728"}
 OTHER_COLORS = ("#9467bd", "#e377c2", "#aec7e8", "#ffbb78", "#98df8a")
@@ -110,7 +114,7 @@ def _figure_legend(figure: Figure, axes_list: list) -> None:
                   frameon=False)
 
 
-def curves_figure(rows: list[Row]) -> Figure:
+def curves_figure(rows: list[Row], metric: str) -> Figure:
     pairs = distilled_pairs(rows)
     if not pairs:
         raise RckdError("the summary has no distilled runs (rows with a teacher); nothing to plot as curves")
@@ -131,10 +135,10 @@ def curves_figure(rows: list[Row]) -> Figure:
             histories = [read_history(row["run"]) for row in runs_of(groups, teacher, student, method)]
             _line(top1_axes, histories, "test_top1", method_label(method), method_color(method, methods))
             _line(tau_axes, histories, "tau_nt", method_label(method), method_color(method, methods))
-        teacher_top1 = stat(row["best_top1"] for row in teacher_runs(groups, teacher, student))
+        teacher_top1 = stat(row[TOP1_COLUMN[metric]] for row in teacher_runs(groups, teacher, student))
         if teacher_top1 is not None:
             top1_axes.axhline(teacher_top1.mean, color="black", linestyle=":", linewidth=1,
-                              label="Teacher (CE, best epoch)")
+                              label=f"Teacher (CE, {metric} epoch)")
         _zoom_to_late_epochs(top1_axes)
         top1_axes.set(title=f"{teacher} → {student}: test top-1", xlabel="epoch",
                       ylabel="test top-1 (%), zoomed to later epochs")
@@ -277,23 +281,20 @@ def save_png(figure: Figure, path: Path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", required=True, choices=KINDS)
+    parser.add_argument("--kind", required=True, choices=kinds.figures(),
+                        help="the figure of an experiment kind: " + ", ".join(
+                            f"{kind.figure} ({name})" for name, kind in kinds.KINDS.items()))
     parser.add_argument("--summary", required=True, type=Path, help="summary.csv from rckd summarize")
     parser.add_argument("--out", required=True, type=Path, help="PNG to write")
     parser.add_argument("--metric", choices=sorted(TOP1_COLUMN), default="best",
-                        help="top-1 of capacity and ablation plots: best or final epoch (default: best)")
+                        help="top-1 of the plots (the curves' teacher line): best or final epoch (default: best)")
 
 
 def run(args: argparse.Namespace) -> int:
     rows = read_summary(args.summary)
     if not rows:
         raise RckdError(f"{args.summary} has no runs; check the --runs given to rckd summarize")
-    if args.kind == "curves":
-        figure = curves_figure(rows)
-    elif args.kind == "capacity":
-        figure = capacity_figure(rows, args.metric)
-    else:
-        figure = ablation_figure(rows, args.metric)
+    figure = kinds.builder(kinds.by_figure(args.kind).plot)(rows, args.metric)
     save_png(figure, args.out)
     print(f"{args.out}: {args.kind} plot of {len(rows)} runs", flush=True)
     return 0

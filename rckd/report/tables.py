@@ -2,7 +2,8 @@
 
 table.md holds the best-epoch and the final-epoch version of the table (the one named by --metric
 first), each captioned with which it is; published papers report best-epoch accuracy. table.csv
-holds the --metric version only, with mean, std and n of every cell. For `main`, table.md also
+holds the --metric version only, with mean, std and n of every cell. Each experiment kind names its
+table builder (rckd.plan.kinds). For `main`, table.md also
 holds the measured-minus-published comparison (CIFAR-100, best epoch, from config/published.yaml)
 and a paired comparison of RCKD with each baseline over matched (pair, seed) runs; --out-paired
 writes that comparison as CSV too.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,12 @@ from scipy import stats as scipy_stats
 
 from rckd.errors import RckdError
 from rckd.io import write_csv, write_text
+from rckd.plan.kinds import KINDS, builder
+from rckd.plan.naming import parse_params
 from rckd.report import (TAU_COLUMN, TOP1_COLUMN, WEIGHTS, Groups, Row, Stat, distill_methods, distilled_pairs,
                          group_runs, method_label, runs_of, stat, teacher_runs, vanilla_runs)
-from rckd.report.summary import parse_params, read_summary
+from rckd.report.summary import read_summary
 
-KINDS = ("main", "capacity", "sweep")  # a sweep varies one method's parameters (the ablation)
 METRIC_NAME = {"best": "best-epoch", "final": "final-epoch"}
 METRIC_NOTE = {
     "best": "Top-1: each run's highest test accuracy over its epochs (best epoch), as the papers report.",
@@ -258,6 +260,7 @@ def paired_csv_rows(comparisons: list[Paired], metric: str) -> list[Row]:
 class Section:
     markdown: str
     csv_rows: list[Row]
+    paired_rows: list[Row] | None = None  # the paired comparison (main), None for a table without one
 
 
 def main_table(rows: list[Row], metric: str, published: PublishedSet | None) -> Section:
@@ -298,6 +301,17 @@ def main_table(rows: list[Row], metric: str, published: PublishedSet | None) -> 
     markdown = (f"### Main: {METRIC_NAME[metric]} test top-1 (%)\n\n{METRIC_NOTE[metric]} {legend(expected)} "
                 "Bold: the best student of the row.\n\n" + markdown_table(header, body))
     return Section(markdown, csv_rows)
+
+
+def main_report(rows: list[Row], metric: str, published: PublishedSet | None) -> Section:
+    """The main table, then the paired RCKD-vs-baseline comparison and, for the best epoch, the
+    measured-vs-published table."""
+    section = main_table(rows, metric, published)
+    comparisons = paired_comparisons(rows, TOP1_COLUMN[metric])
+    parts = [section.markdown] + ([paired_markdown(comparisons, metric)] if comparisons else [])
+    if published is not None and metric == "best":
+        parts.append(published_markdown(rows, published))
+    return Section("\n\n".join(parts), section.csv_rows, paired_csv_rows(comparisons, metric))
 
 
 def legend(expected: dict[str, int]) -> str:
@@ -351,8 +365,9 @@ def published_markdown(rows: list[Row], published: PublishedSet) -> str:
             + markdown_table(header, body) + "\n\n" + sources)
 
 
-def capacity_table(rows: list[Row], metric: str) -> Section:
-    """Student top-1 and non-target tau per teacher and method; teachers sorted by their own top-1."""
+def capacity_table(rows: list[Row], metric: str, published: PublishedSet | None = None) -> Section:
+    """Student top-1 and non-target tau per teacher and method; teachers sorted by their own top-1.
+    (No published numbers exist for it: `published` is accepted as by every table builder, not used.)"""
     column = TOP1_COLUMN[metric]
     groups = group_runs(rows, one_setting=True)
     methods = distill_methods(rows)
@@ -411,9 +426,9 @@ def split_settings(settings: Iterable[str]) -> tuple[list[str], dict[str, str]]:
     return varying, {name: parsed[0][name] for name in names if name not in varying}
 
 
-def ablation_table(rows: list[Row], metric: str) -> Section:
+def ablation_table(rows: list[Row], metric: str, published: PublishedSet | None = None) -> Section:
     """One row per distillation setting of each pair (the RCKD variants, and any baseline runs), below
-    the teacher and the student trained alone."""
+    the teacher and the student trained alone. (`published`: as capacity_table.)"""
     column = TOP1_COLUMN[metric]
     groups = group_runs(rows, one_setting=False)
     parts, csv_rows = [], []
@@ -451,71 +466,44 @@ def ablation_table(rows: list[Row], metric: str) -> Section:
     return Section(markdown, csv_rows)
 
 
-BUILDERS: dict[str, Callable[[list[Row], str], Section]] = {
-    "capacity": capacity_table,
-    "sweep": ablation_table,
-}
-
-
-def kind_of(experiment: str) -> str:
-    """The kind an experiment has by its name: main and capacity are themselves, any other is a sweep."""
-    return experiment if experiment in KINDS[:2] else "sweep"
-
-
-def build_report(experiment: str, rows: list[Row], metric: str, published_path: Path | None,
-                 summary: Path, kind: str | None = None) -> tuple[str, list[Row], list[Row]]:
-    """(table.md text, table.csv rows for `metric`, paired-comparison rows for `metric`)."""
-    kind = kind or kind_of(experiment)
+def build_report(experiment: str, kind: str, rows: list[Row], metric: str, published_path: Path | None,
+                 summary: Path) -> tuple[str, list[Row], list[Row] | None]:
+    """(table.md text, table.csv rows for `metric`, paired-comparison rows for `metric` or None when the
+    kind's table has none), from the table builder of experiment kind `kind` (rckd.plan.kinds)."""
+    if kind not in KINDS:
+        raise RckdError(f"unknown experiment kind {kind!r}; choose one of: {', '.join(KINDS)}")
     if not rows:
         raise RckdError(f"{summary} has no runs; check the --runs given to rckd summarize")
     dataset = single_dataset(rows, summary)
     published = load_published(published_path, dataset) if published_path is not None else None
+    table = builder(KINDS[kind].table)
     order = [metric] + [other for other in TOP1_COLUMN if other != metric]
-    sections: list[str] = []
-    csv_rows: list[Row] = []
-    paired_rows: list[Row] = []
-    for current in order:
-        if kind == "main":
-            section = main_table(rows, current, published)
-            comparisons = paired_comparisons(rows, TOP1_COLUMN[current])
-            parts = [section.markdown]
-            if comparisons:
-                parts.append(paired_markdown(comparisons, current))
-            if published is not None and current == "best":
-                parts.append(published_markdown(rows, published))
-            sections.append("\n\n".join(parts))
-            if current == metric:
-                paired_rows = paired_csv_rows(comparisons, current)
-        else:
-            section = BUILDERS[kind](rows, current)
-            sections.append(section.markdown)
-        if current == metric:
-            csv_rows = section.csv_rows
+    sections = {current: table(rows, current, published) for current in order}
     title = f"# {dataset}: {experiment} experiment ({kind})\n\n{len(rows)} runs from the summary {summary}."
-    return "\n\n".join([title, *sections]) + "\n", csv_rows, paired_rows
+    markdown = "\n\n".join([title, *(section.markdown for section in sections.values())]) + "\n"
+    return markdown, sections[metric].csv_rows, sections[metric].paired_rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", required=True, help="the experiment's name (the title of table.md)")
-    parser.add_argument("--kind", choices=KINDS, help="its kind (default: main and capacity by name, else sweep)")
+    parser.add_argument("--kind", required=True, choices=list(KINDS), help="its kind (the config's `kind:`)")
     parser.add_argument("--summary", required=True, type=Path, help="summary.csv from rckd summarize")
     parser.add_argument("--published", type=Path,
                         help="published numbers (config/published.yaml); used where it has the data set")
     parser.add_argument("--out-md", required=True, type=Path, help="table.md: best- and final-epoch tables")
     parser.add_argument("--out-csv", required=True, type=Path, help="table.csv: the --metric table")
     parser.add_argument("--out-paired", type=Path,
-                        help="main only: paired RCKD-vs-baseline comparison as CSV (it is in table.md anyway)")
+                        help="main: the paired RCKD-vs-baseline comparison as CSV (it is in table.md anyway)")
     parser.add_argument("--metric", choices=sorted(TOP1_COLUMN), default="best",
                         help="which top-1 goes into table.csv and comes first in table.md (default: best)")
 
 
 def run(args: argparse.Namespace) -> int:
-    kind = args.kind or kind_of(args.experiment)
-    if args.out_paired is not None and kind != "main":
-        raise RckdError("--out-paired is only for a main experiment (the other tables have no RCKD-vs-KD pairs)")
     rows = read_summary(args.summary)
-    markdown, csv_rows, paired_rows = build_report(args.experiment, rows, args.metric, args.published, args.summary,
-                                                   kind)
+    markdown, csv_rows, paired_rows = build_report(args.experiment, args.kind, rows, args.metric, args.published,
+                                                   args.summary)
+    if args.out_paired is not None and paired_rows is None:
+        raise RckdError(f"--out-paired: a {args.kind} table has no paired comparison (a main table has)")
     write_text(args.out_md, markdown)
     write_csv(args.out_csv, csv_rows)
     if args.out_paired is not None:

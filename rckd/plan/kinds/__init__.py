@@ -1,9 +1,9 @@
 """Experiment kinds: the only list of them. A kind is one module here plus one line in KINDS.
 
-Each kind module defines `KIND = Kind(...)` (rckd.plan.kinds.base): the JSON schema of its experiment keys, the runs it needs
-(`runs(planner, name, spec) -> [(method label, Run)]`), its figure's name and the table and figure
-builders of `rckd table` and `rckd plot` (named "module:function", imported only by those commands, so
-planning loads neither scipy nor matplotlib).
+Each kind module defines `KIND = Kind(...)` (rckd.plan.kinds.base): the JSON schema of its experiment
+keys, the runs it needs (`runs(planner, name, spec) -> [(method label, Run)]`), its figure's name and the
+table and figure builders of `rckd table` and `rckd plot` (named "module:function", imported only by
+those commands, so planning loads neither scipy nor matplotlib).
 """
 
 from __future__ import annotations
