@@ -3,8 +3,8 @@ from where and how it runs (paths, device, threads, checkpoints: `rckd.train.Tra
 
 The DAG resolves one spec per run while it plans (this module needs no torch) and passes it to
 `rckd train --spec`; the trainer writes it to the run's spec.json, and its digest is the run's resume
-identity. The defaults below are the only ones: config/config.yaml's train section and the workflow
-schema's defaults are checked against them (tests/test_workflow.py).
+identity. The defaults below are the only ones: the workflow schema's training defaults are generated
+from them (`python -m rckd schema`, rckd/plan/schema.py).
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def group_runs(rows: list[Row], one_setting: bool) -> Groups:
             if len(settings) > 1:
                 raise RckdError(
                     f"{method} {teacher or 'without teacher'} -> {student} was run with {len(settings)} settings "
-                    f"{sorted(settings)}; this report compares one setting per method (use the ablation experiment)"
+                    f"{sorted(settings)}; this report compares one setting per method (use a sweep experiment)"
                 )
     return groups
 
