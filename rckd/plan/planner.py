@@ -19,7 +19,6 @@ from rckd.plan.records import Experiment, Plan, Run, Schedule
 from rckd.spec import RunSpec
 from rckd.teachers import SOURCE_DATASETS, SOURCES
 
-SCHEDULE_KEYS = ("epochs", "lr", "lr_by_arch", "milestones", "batch_size")  # what a `train:` block may override
 SPEC_KEYS = ("momentum", "weight_decay", "lr_decay", "precision", "compile")  # always the global train section's
 
 
@@ -29,13 +28,16 @@ def check_layout(config: dict[str, Any]) -> None:
                if isinstance(spec, dict) and "kind" not in spec}
     if missing:
         fixes = "; ".join(f"experiments.{name}: add `kind: {kind}`" for name, kind in missing.items())
-        raise config_error("experiments", f"every experiment names its kind ({', '.join(KINDS)}) since the kinds "
-                           f"became a registry, not by its name: {fixes}")
+        raise config_error("experiments", f"an experiment names its kind ({', '.join(KINDS)}) with `kind:`, no "
+                           f"longer by its name (this config has the old layout): {fixes}")
 
 
 def _likely_kind(spec: dict) -> str:
-    return "main" if "pairs" in spec else "sweep" if "sweep" in spec else "capacity" if "teachers" in spec else \
-        f"one of {', '.join(KINDS)}"
+    """The kind an old-layout experiment's keys suggest."""
+    for key, kind in (("pairs", "main"), ("sweep", "sweep"), ("teachers", "capacity")):
+        if key in spec:
+            return kind
+    return f"one of {', '.join(KINDS)}"
 
 
 class Planner:
@@ -94,15 +96,14 @@ class Planner:
         epochs = merged.get("epochs", train["epochs"])
         stretched = [round(m * epochs / train["epochs"]) for m in train["milestones"]]
         if "milestones" not in merged and (any(m < 1 for m in stretched) or len(set(stretched)) != len(stretched)):
-            raise config_error(where["epochs"], f"{epochs} epochs squeeze the milestones {train['milestones']} into "
+            raise config_error(where.get("epochs", "train.milestones"), f"{epochs} epochs squeeze the milestones {train['milestones']} into "
                                f"{stretched}; give it more epochs or fewer milestones")
         milestones = merged.get("milestones", stretched)
         lr_by_arch = {**train["lr_by_arch"], **merged.get("lr_by_arch", {})}
         schedule = Schedule(epochs, tuple(milestones), lr_by_arch.get(arch, merged.get("lr", train["lr"])),
                             merged.get("batch_size", train["batch_size"]))
-        base = {"epochs": train["epochs"], "milestones": stretched,
+        base = {"epochs": train["epochs"], "milestones": tuple(stretched),
                 "lr": train["lr_by_arch"].get(arch, train["lr"]), "batch_size": train["batch_size"]}
-        base["milestones"] = tuple(stretched)
         return schedule, {name: value for name, value in dataclasses.asdict(schedule).items() if base[name] != value}
 
     def _run(self, role: str, arch: str, method: str, params: dict, teacher: Run | None, seed: int,
@@ -223,7 +224,7 @@ def plan(config: dict[str, Any]) -> Plan:
         kind = KINDS[config["experiments"][name]["kind"]]
         folder = f"{planner.results}/{name}"
         experiments[name] = Experiment(name, kind.name, tuple((label, final(run)) for label, run in labelled),
-                                       tuple(f"{folder}/{output}" for output in kind.outputs), kind.figure)
+                                       tuple(f"{folder}/{output}" for output in kind.outputs))
     return Plan(dataset=dataset, results=planner.results, logs=f"{config['logs']}/{dataset}",
                 data_cache=f"{config['data']['root']}/{dataset}.pt",
                 runs={name: final(run) for name, run in runs.items()}, experiments=experiments,

@@ -49,7 +49,6 @@ class Experiment:
     kind: str  # a key of rckd.plan.kinds.KINDS
     runs: tuple[tuple[str, Run], ...]  # (method label, run), one per run directory
     outputs: tuple[str, ...]  # summary.csv, table.md, table.csv and the kind's figure, in its folder
-    figure: str  # the kind's figure name (<figure>.png, `rckd plot --kind <figure>`)
 
 
 @dataclass(frozen=True)
