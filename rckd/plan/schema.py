@@ -108,7 +108,7 @@ def train_section() -> dict[str, Any]:
             "tensorboard": {"type": "boolean", "default": True,
                             "description": "write TensorBoard event files of the curves into each run directory"},
             "checkpoint_every": _positive(5),
-            "jobs_per_gpu": _positive(2, "training jobs sharing one GPU"),
+            "jobs_per_gpu": _positive(2, "training jobs sharing one GPU (provisional: docs/performance.md)"),
             "threads": _positive(2),
             "processes": _positive(1, "data-parallel processes per run (torchrun, one per GPU, on one node): a run "
                                       "then asks for this many GPUs, and batch_size is the total over them"),
