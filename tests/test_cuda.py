@@ -29,7 +29,7 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
 
 def config(root: Path, out: Path, **changes) -> TrainConfig:
     settings = dict(arch="resnet8", dataset="synthetic", data_root=root, out=out, data_options=OPTIONS, epochs=2,
-                    milestones=(1,), device="cuda", checkpoint_every=5)
+                    milestones=(1,), device="cuda", checkpoint_every=5, tensorboard=False)
     return TrainConfig(**{**settings, **changes})
 
 
