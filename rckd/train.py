@@ -9,7 +9,8 @@ reduce-overhead), fused SGD. On CPU: eager fp32, same loop. Resumable: `resume.p
 few epochs and, mid-epoch, on SIGTERM (a SLURM time limit or preemption), after which the run exits
 with status 143; rerunning the same command continues it to the same weights. Data-parallel under
 torchrun (`rckd.distributed`): batch_size is the total over the processes, each trains its part of
-every batch, and the same number of processes or any other continues a run.
+every batch, and the same number of processes or any other continues a run. Each epoch's history row
+also goes to TensorBoard event files in the run directory (`rckd.curves`).
 """
 
 from __future__ import annotations

@@ -327,6 +327,7 @@ def test_sigterm_mid_epoch_writes_resume_and_the_rerun_ends_with_the_same_weight
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
     assert [{k: v for k, v in row.items() if k != "seconds"} for row in read_history(stopped_dir)] == \
         [{k: v for k, v in row.items() if k != "seconds"} for row in read_history(tmp_path / "whole")]
+    assert_curves_equal_history(stopped_dir)
 
 
 def test_soft_targets_stay_fp32_when_the_student_runs_in_bf16(data_root, teacher):
