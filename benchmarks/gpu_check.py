@@ -101,7 +101,7 @@ def run_part(part: Part, out: Path, seconds: float) -> tuple[str, float]:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-            return f"cut short at its limit of {seconds:.0f} s (partial results, if any, are kept)", \
+            return f"cut short after {seconds:.0f} s, its limit or the budget left (partial results are kept)", \
                 time.monotonic() - began
     taken = time.monotonic() - began
     if code == 0:

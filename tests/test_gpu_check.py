@@ -48,6 +48,10 @@ def stand_in(tmp_path: Path, name: str, body: str) -> str:
 def test_parts_run_in_order_within_the_budget_and_each_is_recorded_as_it_ends(tmp_path, monkeypatch):
     Part = gpu_check.Part
     earlier = ["warmup", "measured", "tested", "slow", "declined", "broken", "no_tool"]
+    reader = ("summary = json.loads((out / 'gpu_check.json').read_text())\n"
+              "md = (out / 'gpu_check.md').read_text()\n"
+              f"sys.exit(0 if list(summary['parts']) == {earlier!r} and "
+              f"all(f'## {{n}}:' in md for n in {earlier!r}) else 4)")
     junit = ('<testsuites><testsuite><testcase name="test_graph"/><testcase name="test_ort">'
              '<skipped message="no CUDA provider"/></testcase></testsuite></testsuites>')
     parts = (
@@ -61,11 +65,7 @@ def test_parts_run_in_order_within_the_budget_and_each_is_recorded_as_it_ends(tm
         Part("broken", 10, 1, stand_in(tmp_path, "broken", "raise SystemExit(1)"), ("{out}",)),
         Part("no_tool", 10, 1, stand_in(tmp_path, "no_tool", ""), ("{out}",), needs=("no_such_module_rckd",)),
         # this part runs only after every earlier one is in gpu_check.json and gpu_check.md
-        Part("reader", 10, 1, stand_in(tmp_path, "reader", f"summary = json.loads((out / 'gpu_check.json').read_text())\n"
-                                                         f"md = (out / 'gpu_check.md').read_text()\n"
-                                                         f"sys.exit(0 if list(summary['parts']) == {earlier!r} and "
-                                                         f"all(f'## {{n}}:' in md for n in {earlier!r}) else 4)"),
-             ("{out}",)),
+        Part("reader", 10, 1, stand_in(tmp_path, "reader", reader), ("{out}",)),
         Part("too_long", 600, 10**6, stand_in(tmp_path, "too_long", ""), ("{out}",)),
     )
     monkeypatch.setattr(gpu_check, "PARTS", parts)
@@ -78,7 +78,7 @@ def test_parts_run_in_order_within_the_budget_and_each_is_recorded_as_it_ends(tm
     assert statuses["warmup"] == statuses["measured"] == statuses["reader"] == "ok"
     assert summary["measured"]["result"] == {"ms": 2.5}
     assert summary["tested"]["tests"] == {"test_graph": "passed", "test_ort": "skipped: no CUDA provider"}
-    assert statuses["slow"].startswith("cut short at its limit of 2 s") and summary["slow"]["result"] == {"rows": 1}
+    assert statuses["slow"].startswith("cut short after 2 s") and summary["slow"]["result"] == {"rows": 1}
     assert statuses["declined"] == "not run: no data files here"
     assert statuses["broken"] == "FAILED (exit 1)"
     assert statuses["no_tool"] == "not run: no_such_module_rckd not installed"
@@ -97,3 +97,19 @@ def test_without_a_gpu_nothing_else_runs_and_the_exit_status_is_2(tmp_path, monk
     ))
     assert gpu_check.run_all(tmp_path / "out", budget=60) == 2
     assert list(json.loads((tmp_path / "out" / "gpu_check.json").read_text())["parts"]) == ["warmup"]
+
+
+def test_the_whole_command_ends_within_its_budget(tmp_path, monkeypatch):
+    """A part whose limit exceeds what is left gets only what is left (the kill grace kept out of it),
+    and the parts after it are not started."""
+    Part = gpu_check.Part
+    monkeypatch.setattr(gpu_check, "PARTS", (
+        Part("warmup", 10, 1, stand_in(tmp_path, "warmup", ""), ("{out}",)),
+        Part("endless", 600, 1, stand_in(tmp_path, "endless", "time.sleep(600)"), ("{out}",)),
+        Part("after", 600, 1, stand_in(tmp_path, "after", ""), ("{out}",)),
+    ))
+    began = time.monotonic()
+    assert gpu_check.run_all(tmp_path / "out", budget=gpu_check.KILL_GRACE_SECONDS + 6) == 0
+    assert time.monotonic() - began <= gpu_check.KILL_GRACE_SECONDS + 6
+    parts = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["parts"]
+    assert parts["endless"]["status"].startswith("cut short") and parts["after"]["status"].startswith("not run: out")
