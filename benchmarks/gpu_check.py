@@ -45,36 +45,44 @@ class Part:
     needs: tuple[str, ...] = ()  # Python modules without which the part is not run
     what: str = ""
 
+    @property
+    def tests(self) -> bool:
+        """A pytest file rather than a script."""
+        return Path(self.script).name.startswith("test_")
 
+
+TRAINER = ("numpy", "tqdm")  # what rckd.train imports besides torch
 # Ordered by value: the CUDA tests and the step benchmark first, the ImageNet step last.
 PARTS = (
-    Part("warmup", 60, 20, "benchmarks/gpu_warmup.py", ("--out", "{out}/warmup.json"),
+    Part("warmup", 60, 20, "benchmarks/gpu_warmup.py", ("--out", "{out}/warmup.json"), needs=("torch",),
          what="CUDA present; device, torch version; first CUDA context and a compiled step (inductor's workers)"),
     # --noconftest: tests/conftest.py imports onnx for the export tests, which a bare GPU machine may lack
     Part("cuda_tests", 200, 60, "tests/test_cuda.py",
-         ("-q", "-rs", "--noconftest", "-p", "no:cacheprovider", "--junitxml={out}/cuda_tests.xml"), needs=("pytest",),
+         ("-q", "-rs", "--noconftest", "-p", "no:cacheprovider", "--junitxml={out}/cuda_tests.xml"),
+         needs=("pytest", *TRAINER),
          what="no skipped CUDA graph; bf16 compiled steps track fp32 eager; bank on CUDA; ORT CUDA provider"),
     Part("train_speed", 170, 60, "benchmarks/train_speed.py",
          ("--device", "cuda", "--part", "steps", "--steps", "300", "--out", "{out}/train_speed.json"),
+         needs=(*TRAINER, "PIL", "torchvision"),
          what="ms/step: classic loop vs trainer vanilla / live / bank, kd and rckd, resnet32x4 -> resnet8x4, batch 64"),
     Part("concurrency", 100, 40, "benchmarks/train_speed.py",
          ("--device", "cuda", "--part", "concurrency", "--steps-json", "{out}/train_speed.json",
-          "--out", "{out}/concurrency.json"),
+          "--out", "{out}/concurrency.json"), needs=(*TRAINER, "PIL", "torchvision"),
          what="aggregate steps/s of 1, 2, 4 concurrent trainer runs on the one GPU"),
     Part("loss_speed", 45, 20, "benchmarks/loss_speed.py",
          ("--device", "cuda", "--repeats", "100", "--sweeps", "2", "--out", "{out}/loss_speed.json"),
          what="forward + backward of every loss on CUDA, as a ratio to KD"),
-    Part("fashion", 90, 45, "benchmarks/fashion_check.py", ("--out", "{out}/fashion.json"),
+    Part("fashion", 90, 45, "benchmarks/fashion_check.py", ("--out", "{out}/fashion.json"), needs=TRAINER,
          what="2 epochs on Fashion-MNIST: bf16 + CUDA graphs vs fp32 eager top-1"),
     Part("imagenet_step", 120, 60, "benchmarks/imagenet_step.py",
-         ("--device", "cuda", "--out", "{out}/imagenet_step.json"),
+         ("--device", "cuda", "--out", "{out}/imagenet_step.json"), needs=TRAINER,
          what="ms/step of ResNet-34 -> ResNet-18, batch 256, 224x224 (vanilla, KD, RCKD)"),
 )
 
 
 def command(part: Part, out: Path) -> list[str]:
     args = [arg.format(out=out) for arg in part.args]
-    if part.needs == ("pytest",):
+    if part.tests:
         return [sys.executable, "-m", "pytest", part.script, *args]
     return [sys.executable, part.script, *args]
 
@@ -178,9 +186,9 @@ def run_all(out: Path, budget: float) -> int:
 
 def probe(part: Part) -> list[str]:
     """The command that shows whether the part's script imports and knows its options (empty: none)."""
-    if part.needs == ("pytest",):
-        if missing_modules(part):
-            return []  # on the GPU machine it is reported as not run
+    if missing_modules(part):
+        return []  # where it runs, it is reported as not run
+    if part.tests:
         return [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", part.script]
     return [sys.executable, part.script, "--help"]
 
@@ -199,7 +207,7 @@ def problems(part: Part, done: subprocess.CompletedProcess | None) -> list[str]:
         return []
     if done.returncode != 0:
         return [f"`{' '.join(done.args[1:])}` failed: {(done.stdout + done.stderr).strip().splitlines()[-1:]}"]
-    if part.needs == ("pytest",):
+    if part.tests:
         return [] if re.search(r"\d+ tests? collected", done.stdout) else [f"no test collected in {part.script}"]
     unknown = [arg for arg in part.args if arg.startswith("--") and not re.search(rf"{arg}\b", done.stdout)]
     return [f"{part.script} has no option {arg}" for arg in unknown]
