@@ -17,7 +17,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rckd import data
+from rckd import curves, data
 from rckd.checkpoint import load_model, load_torch
 from rckd.cli import main as cli
 from rckd.errors import RckdError
@@ -134,6 +134,14 @@ def test_tensorboard_off_writes_no_event_files_and_a_fresh_start_drops_stale_one
     with pytest.raises(SystemExit):
         cli(["train", "--arch", "resnet8", "--dataset", "synthetic", "--data-root", str(data_root),
              "--out", str(tmp_path), "--tensorboard", "no"])
+
+
+def test_without_the_tensorboard_package_the_run_stops_before_training_and_names_the_switch(data_root, tmp_path,
+                                                                                            monkeypatch):
+    monkeypatch.setattr(curves.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RckdError, match="--tensorboard off"):
+        train(config(data_root, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_killed_run_resumes_to_the_same_weights_and_curves(data_root, teacher, tmp_path):
