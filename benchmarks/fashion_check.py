@@ -15,11 +15,10 @@ import json
 import tempfile
 from pathlib import Path
 
+from gpu_check import NOT_RUN_STATUS  # this script's folder, first on sys.path; standard library only
 from rckd import data
 from rckd.errors import RckdError
 from rckd.train import TrainConfig, train
-
-NOT_RUN_STATUS = 3  # benchmarks/gpu_check.py: "not run: <the last line>"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,3 +113,15 @@ def test_the_whole_command_ends_within_its_budget(tmp_path, monkeypatch):
     assert time.monotonic() - began <= gpu_check.KILL_GRACE_SECONDS + 6
     parts = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["parts"]
     assert parts["endless"]["status"].startswith("cut short") and parts["after"]["status"].startswith("not run: out")
+
+
+def test_fashion_check_without_its_files_declines_with_the_reason(tmp_path, monkeypatch):
+    from rckd.data import datasets
+
+    fashion_spec = importlib.util.spec_from_file_location("fashion_check", ROOT / "benchmarks" / "fashion_check.py")
+    fashion_check = importlib.util.module_from_spec(fashion_spec)
+    fashion_spec.loader.exec_module(fashion_check)
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    assert fashion_check.main(["--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "f.json")]) == \
+        gpu_check.NOT_RUN_STATUS
+    assert not (tmp_path / "f.json").exists()
