@@ -129,11 +129,12 @@ def test_the_curves_in_tensorboard_equal_the_history(teacher):
 
 def test_tensorboard_off_writes_no_event_files_and_a_fresh_start_drops_stale_ones(data_root, tmp_path):
     (tmp_path / "events.out.tfevents.1.stale").write_bytes(b"")
-    train(config(data_root, tmp_path, epochs=1, tensorboard=False))
+    args = ["train", "--arch", "resnet8", "--dataset", "synthetic", "--data-root", str(data_root), *OPTION_ARGS,
+            "--epochs", "1", "--device", "cpu", "--out", str(tmp_path)]
+    assert cli([*args, "--tensorboard", "off"]) == 0
     assert (tmp_path / "model.pt").exists() and not list(tmp_path.glob("events.out.tfevents.*"))
     with pytest.raises(SystemExit):
-        cli(["train", "--arch", "resnet8", "--dataset", "synthetic", "--data-root", str(data_root),
-             "--out", str(tmp_path), "--tensorboard", "no"])
+        cli([*args, "--tensorboard", "no"])
 
 
 def test_without_the_tensorboard_package_the_run_stops_before_training_and_names_the_switch(data_root, tmp_path,
