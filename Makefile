@@ -47,8 +47,8 @@ fashion: $(VENV)/.installed  ## the main experiment on Fashion-MNIST (GPU)
 report: $(VENV)/.installed  ## report.html of the default config's results
 	$(SNAKEMAKE) --report results/cifar100/report.html
 
-gpu-check:  ## the GPU acceptance command (one CUDA GPU; needs torch and onnxruntime, not snakemake)
-	bash benchmarks/gpu_check.sh
+gpu-check:  ## the GPU acceptance command: 8 minutes on one CUDA GPU (torch; not snakemake); results in OUT
+	OUT="$(OUT)" PYTHON="$(PYTHON)" bash benchmarks/gpu_check.sh
 
 lint: $(VENV)/.installed
 	$(BIN)/snakemake --lint

@@ -5,6 +5,7 @@
 Fashion-MNIST comes from Debian's dataset-fashion-mnist files, or from torchvision's layout under
 --data-root (FashionMNIST/raw/*.gz): the GPU machine has no internet, so carry the files there.
 Prints, per precision, test top-1 and the epoch losses; the two should agree to about a point.
+Without the files it prints why and exits with status 3, which the GPU check reports as "not run".
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import json
 import tempfile
 from pathlib import Path
 
+from gpu_check import NOT_RUN_STATUS  # this script's folder, first on sys.path; standard library only
 from rckd import data
+from rckd.errors import RckdError
 from rckd.train import TrainConfig, train
 
 
@@ -26,14 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    data.prepare_cache("fashion_mnist", args.data_root)
+    try:
+        data.prepare_cache("fashion_mnist", args.data_root)
+    except RckdError as missing:
+        print(f"no Fashion-MNIST files: {missing}".replace("\n", " "), flush=True)
+        return NOT_RUN_STATUS
     results = {}
     with tempfile.TemporaryDirectory(prefix="fashion_check_") as tmp:
         fast_modes = ("bf16", "reduce-overhead") if args.device.startswith("cuda") else ("bf16", "none")
         for name, (precision, compile_mode) in {"fast": fast_modes, "exact": ("fp32", "none")}.items():
             config = TrainConfig(arch=args.arch, dataset="fashion_mnist", data_root=args.data_root,
                                  out=Path(tmp) / name, epochs=args.epochs, milestones=(), device=args.device,
-                                 precision=precision, compile=compile_mode, checkpoint_every=args.epochs)
+                                 precision=precision, compile=compile_mode, checkpoint_every=args.epochs,
+                                 tensorboard=False)
             metrics = train(config)
             results[name] = {key: metrics[key] for key in ("precision", "compile", "final_top1", "best_top1",
                                                            "wall_seconds")}

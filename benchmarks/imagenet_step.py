@@ -67,14 +67,20 @@ def main() -> int:
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
     batch, size, steps, warmup = (args.batch_size, 224, 30, 10) if gpu else (4, 64, 2, 1)
-    rows = {method: step_ms(method, device, batch, size, steps, warmup) for method in METHODS}
     result = {"device": torch.cuda.get_device_name(device) if gpu else "cpu (smoke)", "batch_size": batch,
-              "image_size": size, "ms_per_step": rows,
-              "images_per_s": {method: 1000 * batch / ms for method, ms in rows.items()},
-              "kd_over_vanilla": rows["kd"] / rows["ce"], "rckd_over_kd": rows["rckd"] / rows["kd"]}
+              "image_size": size, "ms_per_step": {}, "images_per_s": {}}
+    rows = result["ms_per_step"]
+    for method in METHODS:  # the JSON is rewritten after each method, so a run cut short keeps the rows it has
+        rows[method] = step_ms(method, device, batch, size, steps, warmup)
+        result["images_per_s"][method] = 1000 * batch / rows[method]
+        if "kd" in rows:
+            result["kd_over_vanilla"] = rows["kd"] / rows["ce"]
+        if "rckd" in rows:
+            result["rckd_over_kd"] = rows["rckd"] / rows["kd"]
+        print(f"{method}: {rows[method]:.1f} ms/step", flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

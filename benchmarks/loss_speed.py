@@ -1,6 +1,6 @@
 """Forward + backward time of every distillation loss, as a ratio to KD measured in the same run.
 
-    python benchmarks/loss_speed.py [--device cpu|cuda|all] [--repeats 200] [--threads N]
+    python benchmarks/loss_speed.py [--device cpu|cuda|all] [--repeats 200] [--threads N] [--out losses.json]
 
 Sizes: B=64, C=100 (CIFAR-100) and B=256, C=1000 (ImageNet-like). Every case is timed in several
 sweeps through all cases, so a drift in machine load hits every loss alike and the ratios stay
@@ -12,10 +12,12 @@ then, for scale, one forward + backward of a CIFAR student (--context-model) at 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import time
 from datetime import date
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", nargs="*", default=[], metavar="LOSS",
                         help="cases to leave out, by their table name, e.g. 'rckd (rank)'")
     parser.add_argument("--context-model", default="resnet8x4", help="student timed for scale ('' to skip)")
+    parser.add_argument("--out", type=Path, help="also write the medians (ms) as JSON")
     args = parser.parse_args(argv)
     if "kd" in args.skip:
         parser.error("kd is the reference of every ratio and cannot be skipped")
@@ -144,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
           f"forward + backward, median of {args.repeats} steps in {args.sweeps} sweeps "
           f"(CPU: process CPU time; CUDA: wall time)\n")
     print(table(results))
+    if args.out:
+        args.out.write_text(json.dumps([{"device": device, "batch": batch, "classes": classes,
+                                         "median_ms": {name: 1e3 * value for name, value in medians.items()}}
+                                        for device, batch, classes, medians in results], indent=2) + "\n")
     if args.context_model:
         print()
         for device in devices:

@@ -1,6 +1,7 @@
 """Training speed of rckd's trainer against the classic CIFAR distillation loop, and of concurrent runs.
 
-    python benchmarks/train_speed.py [--device auto|cpu|cuda] [--steps N] [--smoke] [--out results.json]
+    python benchmarks/train_speed.py [--device auto|cpu|cuda] [--part all|steps|concurrency] [--steps N] [--smoke]
+                                     [--out results.json]
 
 In one process, on the same device and the same synthetic CIFAR-shaped data (32x32 RGB, 100
 classes), resnet32x4 -> resnet8x4, batch 64, and each of the losses kd and rckd:
@@ -24,7 +25,8 @@ finished.
 
 On the CPU (or with --smoke) a smoke version runs: 400 images, fewer steps, 1 and 2 concurrent
 runs, 1 torch thread per process. Times are wall-clock. Prints markdown tables; --out also writes
-them as JSON.
+them as JSON, rewritten after every row, so a run cut short keeps the rows it finished. `--part steps`
+and `--part concurrency` run one half each (the GPU check runs them as two parts, in order of value).
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Setup:
     warmup_steps: int  # untimed steps of the classic loop (the first spawns its DataLoader workers)
     concurrency: tuple[int, ...]
     concurrency_seconds: float  # timed training wanted per concurrent run, so that their windows overlap
+    assumed_ms: float  # the trainer's ms/step that sizes the concurrent runs when none was measured
 
     @property
     def steps_per_epoch(self) -> int:
@@ -89,9 +92,9 @@ class Setup:
 
 # 12800 images: 200 full batches per epoch, so the per-epoch evaluation of the 100 test images is
 # under 1% of an epoch.
-GPU = Setup("gpu", "resnet32x4", "resnet8x4", 128, 600, 20, (1, 2, 4), 20.0)
+GPU = Setup("gpu", "resnet32x4", "resnet8x4", 128, 600, 20, (1, 2, 4), 20.0, 10.0)
 # 400 images: 6 batches per epoch of about a second each on one CPU thread.
-SMOKE = Setup("cpu smoke", "resnet32x4", "resnet8x4", 4, 12, 2, (1, 2), 8.0)
+SMOKE = Setup("cpu smoke", "resnet32x4", "resnet8x4", 4, 12, 2, (1, 2), 8.0, 2500.0)
 BANK_TEACHER_ON_CPU = "resnet8"  # a cheap teacher to bank on the CPU: lookups cost the same for any teacher
 
 
@@ -172,7 +175,7 @@ def trainer_config(setup: Setup, method: str, data_root: Path, teacher_path: Pat
     return TrainConfig(
         arch=setup.student_arch, dataset="synthetic", data_root=data_root, out=out, method=method,
         teacher=teacher_path, data_options=setup.data_options, epochs=epochs, batch_size=BATCH_SIZE,
-        milestones=(), device=str(device), checkpoint_every=epochs, teacher_bank=teacher_bank,
+        milestones=(), device=str(device), checkpoint_every=epochs, teacher_bank=teacher_bank, tensorboard=False,
     )
 
 
@@ -246,9 +249,10 @@ def aggregate_steps_per_second(timelines: list[list[tuple[int, float]]], steps_p
 
 
 def concurrency_rows(setup: Setup, data_root: Path, teacher_path: Path, device: torch.device,
-                     one_run_ms: float, threads: int, workdir: Path) -> list[dict[str, Any]]:
+                     one_run_ms: float, threads: int, workdir: Path, save) -> list[dict[str, Any]]:
     """Aggregate throughput of 1, 2, 4 ... simultaneous trainer runs; each run's timed epochs last
-    about `setup.concurrency_seconds` alone (longer when sharing the device)."""
+    about `setup.concurrency_seconds` alone (longer when sharing the device). `save(rows)` records
+    the rows so far after each count of runs."""
     epoch_seconds = one_run_ms * setup.steps_per_epoch / 1e3
     epochs = 1 + max(2, math.ceil(setup.concurrency_seconds / epoch_seconds))
     rows = []
@@ -261,8 +265,8 @@ def concurrency_rows(setup: Setup, data_root: Path, teacher_path: Path, device: 
         rows.append({"runs": runs, "epochs": epochs,
                      "aggregate_steps_per_s": aggregate_steps_per_second(timelines, setup.steps_per_epoch),
                      "per_run_ms_per_step": statistics.median(per_run_ms)})
-    for row in rows:
-        row["vs_one_run"] = row["aggregate_steps_per_s"] / rows[0]["aggregate_steps_per_s"]
+        rows[-1]["vs_one_run"] = rows[-1]["aggregate_steps_per_s"] / rows[0]["aggregate_steps_per_s"]
+        save(rows)
     return rows
 
 
@@ -293,14 +297,77 @@ def concurrency_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def steps_part(setup: Setup, device: torch.device, workdir: Path, data_root: Path, split: data.Split,
+               teacher_path: Path, save) -> float:
+    """The per-step rows, in order of value; `save(key, value)` records each as soon as it is measured.
+    Returns the rckd trainer's ms/step with the live teacher."""
+    rows: list[dict[str, Any]] = []
+    epochs = 1 + timed_epochs(setup)
+
+    def trainer_row(method: str, teacher: Path | None, logits_bank: Path | None, label: str) -> float:
+        out = workdir / f"trainer_{method}_{label}"
+        metrics = train(trainer_config(setup, method, data_root, teacher, out, device, epochs, logits_bank))
+        ms = history_ms_per_step(out / "history.csv", setup.steps_per_epoch)
+        rows.append({"loop": f"trainer ({metrics['precision']}, compile {metrics['compile']})",
+                     "teacher": label, "method": method, "ms_per_step": ms})
+        save("speed", rows)
+        print(f"trainer {method} ({label}): {ms:.1f} ms/step", flush=True)
+        return ms
+
+    vanilla = trainer_row("ce", None, None, "none")
+    ratios, live_ms = {}, {}
+    bank_teacher = teacher_path
+    if device.type == "cpu":
+        bank_teacher = workdir / "bank_teacher.pt"
+        save_fresh_teacher(bank_teacher, BANK_TEACHER_ON_CPU, split, setup.data_options)
+    bank_path, built = workdir / "bank.pt", None
+    for method in METHODS:
+        classic = classic_ms_per_step(setup, method, split, teacher_path, device)
+        rows.append({"loop": "classic", "teacher": "live", "method": method, "ms_per_step": classic})
+        save("speed", rows)
+        print(f"classic {method}: {classic:.1f} ms/step", flush=True)
+        live_ms[method] = trainer_row(method, teacher_path, None, "live")
+        if built is None:
+            built = bank.build(bank_teacher, "synthetic", data_root, setup.data_options, bank_path, str(device))
+            save("bank_build_seconds", built["seconds"])
+            print(f"bank of {bank_teacher.stem} ({built['shape']}): built in {built['seconds']:.1f}s", flush=True)
+        banked = trainer_row(method, bank_teacher, bank_path, "bank")
+        ratios[method] = {"bank_over_vanilla": banked / vanilla, "bank_over_live": banked / live_ms[method],
+                          "classic_over_bank": classic / banked}
+        save("ratios", ratios)
+    save("rckd_over_kd", live_ms["rckd"] / live_ms["kd"])
+    print(f"\n{speed_table(rows)}\n")
+    for method, values in ratios.items():
+        print(f"{method}: bank / vanilla {values['bank_over_vanilla']:.3f}, bank / live {values['bank_over_live']:.3f}, "
+              f"classic / bank {values['classic_over_bank']:.2f}")
+    print(f"trainer rckd / kd (live teacher): {live_ms['rckd'] / live_ms['kd']:.3f}")
+    return live_ms[CONCURRENCY_METHOD]
+
+
+def one_run_ms(steps_json: Path | None, setup: Setup) -> float:
+    """The trainer's rckd ms/step with the live teacher, from the steps part's JSON when it has it."""
+    if steps_json is not None and steps_json.exists():
+        rows = json.loads(steps_json.read_text()).get("speed", [])
+        found = [row["ms_per_step"] for row in rows if row["method"] == CONCURRENCY_METHOD and row["teacher"] == "live"
+                 and row["loop"] != "classic"]
+        if found:
+            return found[0]
+    print(f"no measured step time in {steps_json}: the epochs are sized for {setup.assumed_ms} ms/step", flush=True)
+    return setup.assumed_ms
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--part", choices=("all", "steps", "concurrency"), default="all",
+                        help="the per-step rows, the concurrent runs, or both (default)")
     parser.add_argument("--steps", type=int, help=f"timed steps of the classic loop (default {GPU.steps} on a GPU, "
                         f"{SMOKE.steps} smoke); the trainer times whole epochs, at least 2 and this many steps")
+    parser.add_argument("--steps-json", type=Path, help="--part concurrency: the steps part's --out, whose rckd "
+                        "trainer step time sizes the concurrent runs' epochs")
     parser.add_argument("--smoke", action="store_true", help="the tiny CPU version (implied on the CPU)")
     parser.add_argument("--threads", type=int, help="torch threads per process (default: 1 on the CPU)")
-    parser.add_argument("--out", type=Path, help="also write the results as JSON")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON (rewritten after every row)")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: one concurrent run
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
@@ -321,8 +388,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{setup.name}: {setup.teacher_arch} -> {setup.student_arch}, batch {BATCH_SIZE}, synthetic "
           f"{100 * setup.train_per_class} train images (100 classes, 32x32), {setup.steps_per_epoch} steps/epoch, "
           f"{threads} torch thread(s) per process; {machine(device)}", flush=True)
+    record: dict[str, Any] = {"setup": asdict(setup), "machine": machine(device), "threads": threads}
 
-    rows: list[dict[str, Any]] = []
+    def save(key: str, value: Any) -> None:
+        record[key] = value
+        if args.out:
+            write_json(args.out, record)
+
     with tempfile.TemporaryDirectory(prefix="train_speed_") as tmp:
         workdir = Path(tmp)
         data_root = workdir / "data"
@@ -330,51 +402,15 @@ def main(argv: list[str] | None = None) -> int:
         split = data.load("synthetic", data_root, "train", **setup.data_options)
         teacher_path = workdir / "teacher.pt"
         save_fresh_teacher(teacher_path, setup.teacher_arch, split, setup.data_options)
-        bank_teacher = teacher_path
-        if device.type == "cpu":
-            bank_teacher = workdir / "bank_teacher.pt"
-            save_fresh_teacher(bank_teacher, BANK_TEACHER_ON_CPU, split, setup.data_options)
-        bank_path = workdir / "bank.pt"
-        built = bank.build(bank_teacher, "synthetic", data_root, setup.data_options, bank_path, str(device))
-        print(f"bank of {bank_teacher.stem} ({built['shape']}): built in {built['seconds']:.1f}s", flush=True)
-        epochs = 1 + timed_epochs(setup)
-
-        def trainer_row(method: str, teacher: Path | None, logits_bank: Path | None, label: str) -> float:
-            out = workdir / f"trainer_{method}_{label}"
-            metrics = train(trainer_config(setup, method, data_root, teacher, out, device, epochs, logits_bank))
-            ms = history_ms_per_step(out / "history.csv", setup.steps_per_epoch)
-            rows.append({"loop": f"trainer ({metrics['precision']}, compile {metrics['compile']})",
-                         "teacher": label, "method": method, "ms_per_step": ms})
-            print(f"trainer {method} ({label}): {ms:.1f} ms/step", flush=True)
-            return ms
-
-        vanilla = trainer_row("ce", None, None, "none")
-        ratios = {}
-        for method in METHODS:
-            classic = classic_ms_per_step(setup, method, split, teacher_path, device)
-            rows.append({"loop": "classic", "teacher": "live", "method": method, "ms_per_step": classic})
-            print(f"classic {method}: {classic:.1f} ms/step", flush=True)
-            live = trainer_row(method, teacher_path, None, "live")
-            banked = trainer_row(method, bank_teacher, bank_path, "bank")
-            ratios[method] = {"bank_over_vanilla": banked / vanilla, "bank_over_live": banked / live,
-                              "classic_over_bank": classic / banked}
-        trainer_ms = {row["method"]: row["ms_per_step"] for row in rows if row["teacher"] == "live"
-                      and row["loop"] != "classic"}
-        concurrency = concurrency_rows(setup, data_root, teacher_path, device, trainer_ms[CONCURRENCY_METHOD],
-                                       threads, workdir)
-
-    print(f"\n{speed_table(rows)}\n")
-    for method, values in ratios.items():
-        print(f"{method}: bank / vanilla {values['bank_over_vanilla']:.3f}, bank / live {values['bank_over_live']:.3f}, "
-              f"classic / bank {values['classic_over_bank']:.2f}")
-    print(f"trainer rckd / kd (live teacher): {trainer_ms['rckd'] / trainer_ms['kd']:.3f}\n")
-    print(f"concurrent `{CONCURRENCY_METHOD}` trainer runs on one {device.type} device "
-          f"({concurrency[0]['epochs']} epochs each, first epoch excluded):\n")
-    print(concurrency_table(concurrency))
-    if args.out:
-        write_json(args.out, {"setup": asdict(setup), "machine": machine(device), "threads": threads,
-                              "speed": rows, "ratios": ratios, "bank_build_seconds": built["seconds"],
-                              "rckd_over_kd": trainer_ms["rckd"] / trainer_ms["kd"], "concurrency": concurrency})
+        measured = (steps_part(setup, device, workdir, data_root, split, teacher_path, save)
+                    if args.part in ("all", "steps") else None)
+        if args.part in ("all", "concurrency"):
+            ms = measured or one_run_ms(args.steps_json, setup)
+            concurrency = concurrency_rows(setup, data_root, teacher_path, device, ms, threads, workdir,
+                                           lambda rows: save("concurrency", rows))
+            print(f"\nconcurrent `{CONCURRENCY_METHOD}` trainer runs on one {device.type} device "
+                  f"({concurrency[0]['epochs']} epochs each, first epoch excluded):\n")
+            print(concurrency_table(concurrency))
     return 0
 
 

@@ -9,7 +9,8 @@ reduce-overhead), fused SGD. On CPU: eager fp32, same loop. Resumable: `resume.p
 few epochs and, mid-epoch, on SIGTERM (a SLURM time limit or preemption), after which the run exits
 with status 143; rerunning the same command continues it to the same weights. Data-parallel under
 torchrun (`rckd.distributed`): batch_size is the total over the processes, each trains its part of
-every batch, and the same number of processes or any other continues a run.
+every batch, and the same number of processes or any other continues a run. Each epoch's history row
+also goes to TensorBoard event files in the run directory (`rckd.curves`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from rckd import __version__, bank, data, distributed, losses, models
+from rckd import __version__, bank, curves, data, distributed, losses, models
 from rckd.checkpoint import load_model, load_torch, save_model, save_torch
 from rckd.data.augment import TrainBatch, TrainBatches
 from rckd.data.imagefolder import StreamBatches
@@ -64,6 +65,7 @@ class TrainConfig(RunSpec):
     eval_batch_size: int = 1000
     gpu_slots: int = 0  # >0: claim one of this many job slots per visible GPU (rckd.gpu)
     workers: int = 0  # DataLoader processes decoding a streamed data set's images (0: in this process)
+    tensorboard: bool = True  # event files of the curves in the run directory (rckd.curves)
 
     def validate(self) -> None:
         self.check()
@@ -81,6 +83,8 @@ class TrainConfig(RunSpec):
             raise RckdError("--teacher-bank holds a teacher's logits: pass --teacher too (the bank is checked "
                             "against it)")
         resolve_device(self.device)
+        if self.tensorboard:
+            curves.check_available()
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
@@ -129,7 +133,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     start_epoch, history, elapsed, partial = _resume(session, out / "resume.pt")
     resume_path = out / "resume.pt"
     stop = _TermFlag()
-    with stop.installed():
+    board = curves.writer(out, start_epoch, session.spec, on=config.tensorboard, main=session.group.main)
+    with stop.installed(), board as log_curves:
         for epoch in range(start_epoch, config.epochs):
             began = time.perf_counter()
             sums, complete = _train_epoch(session, epoch, partial, stop)
@@ -141,6 +146,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             elapsed += time.perf_counter() - began
             history.append(_epoch_row(session, epoch, sums, time.perf_counter() - began))
             _keep_if_best(session, history)
+            log_curves(history[-1])
             if session.group.main:
                 print(" ".join(f"{key}={value}" for key, value in history[-1].items()), flush=True)
             interrupted = distributed.anyone(stop.raised, session.group, session.device) and epoch + 1 < config.epochs
@@ -502,7 +508,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name in ("checkpoint_every", "eval_batch_size", "gpu_slots", "workers"):
         where.add_argument(f"--{name.replace('_', '-')}", type=int,
                            default=TrainConfig.__dataclass_fields__[name].default)
+    where.add_argument("--tensorboard", type=_on_off, default=TrainConfig.tensorboard, metavar="on|off",
+                       help="write the curves as TensorBoard event files in --out (default on)")
     add_threads_argument(where)
+
+
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text == "on"
 
 
 def spec_arguments(args: argparse.Namespace) -> dict[str, Any]:

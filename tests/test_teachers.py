@@ -132,6 +132,7 @@ def test_the_archive_member_and_metrics_are_what_the_workflow_reads(tmp_path):
     record = json.loads(metrics.read_text())
     assert record["source_file"].endswith(":cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth")
     assert record["num_params"] == sum(p.numel() for p in ours.parameters()) and record["best_top1"] is None
+    assert sorted(path.name for path in out.parent.iterdir()) == ["metrics.json", "model.pt"]  # no curves: not trained
     with pytest.raises(RckdError, match="has no vgg13 teacher|no member cifar_teachers/vgg13"):
         mdistiller.import_teacher("vgg13", tmp_path / "x.pt", archive=archive)
 

@@ -8,13 +8,16 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rckd import data
+from rckd import curves, data
 from rckd.checkpoint import load_model, load_torch
 from rckd.cli import main as cli
 from rckd.errors import RckdError
@@ -98,23 +101,71 @@ def run_cli(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_a_killed_run_resumes_to_the_same_weights(data_root, teacher, tmp_path):
+def read_curves(run: Path) -> tuple[dict[str, list[tuple[int, float]]], str]:
+    """({tag: [(step, value)]} of every scalar, the spec text) as TensorBoard's own reader shows the run
+    directory's event files (restart markers applied)."""
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+    scalars = {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    [text] = events.Tensors("spec/text_summary")
+    return scalars, text.tensor_proto.string_val[0].decode()
+
+
+def assert_curves_equal_history(run: Path) -> None:
+    """Every numeric history.csv value of every epoch is the TensorBoard scalar at step = epoch (stored
+    as float32, as TensorBoard stores scalars), and nothing else is; the spec text is spec.json."""
+    history = read_history(run)
+    numeric = [column for column in history[0] if column != "epoch" and history[0][column] != ""]
+    expected = {(f"loss/{column[5:]}" if column.startswith("loss_") else column):
+                [(int(row["epoch"]), float(np.float32(row[column]))) for row in history] for column in numeric}
+    scalars, spec_text = read_curves(run)
+    assert scalars == expected
+    assert json.loads(textwrap.dedent(spec_text)) == json.loads((run / "spec.json").read_text())
+
+
+def test_the_curves_in_tensorboard_equal_the_history(teacher):
+    assert_curves_equal_history(teacher.parent)
+    assert len(list(teacher.parent.glob("events.out.tfevents.*"))) == 1
+
+
+def test_tensorboard_off_writes_no_event_files_and_a_fresh_start_drops_stale_ones(data_root, tmp_path):
+    (tmp_path / "events.out.tfevents.1.stale").write_bytes(b"")
+    args = ["train", "--arch", "resnet8", "--dataset", "synthetic", "--data-root", str(data_root), *OPTION_ARGS,
+            "--epochs", "1", "--device", "cpu", "--out", str(tmp_path)]
+    assert cli([*args, "--tensorboard", "off"]) == 0
+    assert (tmp_path / "model.pt").exists() and not list(tmp_path.glob("events.out.tfevents.*"))
+    with pytest.raises(SystemExit):
+        cli([*args, "--tensorboard", "no"])
+
+
+def test_without_the_tensorboard_package_the_run_stops_before_training_and_names_the_switch(data_root, tmp_path,
+                                                                                            monkeypatch):
+    monkeypatch.setattr(curves.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RckdError, match="--tensorboard off"):
+        train(config(data_root, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_killed_run_resumes_to_the_same_weights_and_curves(data_root, teacher, tmp_path):
+    """Killed after epoch 3 with resume.pt at epoch 2: the rerun repeats epoch 3 and ends with the
+    whole run's weights, and TensorBoard shows each epoch once, from the rerun's history."""
     args = ["--arch", "resnet8", "--dataset", "synthetic", "--data-root", str(data_root), *OPTION_ARGS,
             "--method", "rckd", "--teacher", str(teacher), "--epochs", "6", "--milestones", "3",
-            "--device", "cpu", "--threads", "1", "--checkpoint-every", "1"]
+            "--device", "cpu", "--threads", "1", "--checkpoint-every", "2"]
     whole = run_cli(*args, "--out", str(tmp_path / "whole"))
     assert whole.wait(timeout=600) == 0, whole.stdout.read()
+    assert_curves_equal_history(tmp_path / "whole")
 
     killed_dir = tmp_path / "killed"
     killed = run_cli(*args, "--out", str(killed_dir))
-    deadline = time.monotonic() + 600
-    while not (killed_dir / "resume.pt").exists() or load_torch(killed_dir / "resume.pt")["epoch"] < 2:
-        assert killed.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
+    for line in killed.stdout:  # epoch 3's curves are in its event file once its line is printed
+        if line.startswith("epoch=3 "):
+            killed.send_signal(signal.SIGKILL)
+            break
     killed.wait(timeout=30)
-    assert not (killed_dir / "model.pt").exists()
+    assert killed.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert load_torch(killed_dir / "resume.pt")["epoch"] == 2 and not (killed_dir / "model.pt").exists()
+    orphaned, _ = read_curves(killed_dir)
+    assert [step for step, _ in orphaned["test_top1"]] == [1, 2, 3]
 
     resumed = run_cli(*args, "--out", str(killed_dir))
     output = resumed.communicate(timeout=600)[0]
@@ -128,6 +179,8 @@ def test_a_killed_run_resumes_to_the_same_weights(data_root, teacher, tmp_path):
         {**row, "seconds": resumed_row["seconds"]}
         for row, resumed_row in zip(read_history(tmp_path / "whole"), read_history(killed_dir))
     ]
+    assert_curves_equal_history(killed_dir)
+    assert len(list(killed_dir.glob("events.out.tfevents.*"))) == 2
 
 
 def test_resume_refuses_a_checkpoint_of_another_run(data_root, tmp_path):
@@ -283,6 +336,7 @@ def test_sigterm_mid_epoch_writes_resume_and_the_rerun_ends_with_the_same_weight
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
     assert [{k: v for k, v in row.items() if k != "seconds"} for row in read_history(stopped_dir)] == \
         [{k: v for k, v in row.items() if k != "seconds"} for row in read_history(tmp_path / "whole")]
+    assert_curves_equal_history(stopped_dir)
 
 
 def test_soft_targets_stay_fp32_when_the_student_runs_in_bf16(data_root, teacher):
