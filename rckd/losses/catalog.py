@@ -49,6 +49,7 @@ class Method:
     defaults: dict[str, Any]
     needs_teacher: bool
     summary: str
+    views: int = 1  # 2: the loss also sees a second, strongly augmented view of each batch (rckd.data.strong)
 
 
 METHODS: dict[str, Method] = {
@@ -63,6 +64,9 @@ METHODS: dict[str, Method] = {
                    "Zheng and Yang (2024): sample-weighted KL to the power-transformed teacher"),
     "rckd": Method({"ce": 1.0, "kd": 0.0, "rc": 5.0, "T": 4.0, "relation": "log_ratio", "kappa": 1.0}, True,
                    "the authors' RCKD: T^2 (1 - cosine) of relative confidence matrices; kd>0 adds KL"),
+    "mlkd": Method({"ce": 0.1, "kd": 0.9, "T": 4.0}, True,
+                   "Jin et al. (2023): KD and batch- and class-level Gram alignment at five temperatures, "
+                   "on a weak and a strong view", views=2),
 }
 
 
@@ -75,6 +79,12 @@ def method(name: str) -> Method:
     if name not in METHODS:
         raise RckdError(f"unknown loss method {name!r}; choose one of: {', '.join(available())}")
     return METHODS[name]
+
+
+def needs_live_teacher(name: str) -> bool:
+    """Whether the method's teacher must run on every batch: a second view made by random ops (MLKD's
+    strong view) has no finite set of views that a teacher bank (rckd.bank) could hold."""
+    return method(name).views > 1
 
 
 def defaults(name: str) -> dict[str, Any]:
