@@ -82,7 +82,7 @@ def test_each_op_equals_pil_pixel_for_pixel(name):
     low, high = strong.RANGES[name]
     generator = torch.Generator().manual_seed(len(name))
     magnitudes = low + (high - low) * torch.rand(len(images), generator=generator, dtype=torch.float64)
-    ours = strong.OP_FUNCTIONS[name](images, magnitudes)
+    ours = strong.apply_ops(images, torch.full((len(images),), strong.OPS.index(name)), magnitudes)
     assert ours.dtype == torch.uint8 and ours.shape == images.shape
     for image, magnitude, mine in zip(images, magnitudes.tolist(), ours):
         expected = from_pil(PIL_OPS[name](to_pil(image), magnitude))

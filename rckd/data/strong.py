@@ -7,8 +7,9 @@ each with a magnitude uniform in the op's range (the "10" of RandAugment(2, 10) 
 Cutout of a square whose side is U(0, 0.5) of the image width, filled with (125, 123, 114). Here
 every op runs on a uint8 batch [B, 3, H, W] with a magnitude per image and repeats PIL's arithmetic
 (nearest-neighbour affine sampling in 16.16 fixed point, float32 blends, the rounded 3x3 smoothing),
-so tests/test_strong.py compares each op with PIL pixel for pixel. Every op is computed for the
-whole batch and each image keeps the one it drew: no host synchronisation, no data-dependent shapes.
+so tests/test_strong.py compares each op with PIL pixel for pixel. Each family of ops (pixel maps,
+blends, resamplings) runs once over the whole batch with per-image parameters and each image keeps
+the result of the op it drew: no host synchronisation, no data-dependent shapes.
 The draws come from the batch source's torch.Generator, so a resumed run makes the same views.
 """
 
@@ -79,12 +80,29 @@ def strong_view(images: Tensor, draws: StrongDraws, padding: int) -> Tensor:
 
 
 def apply_ops(images: Tensor, ops: Tensor, magnitudes: Tensor) -> Tensor:
-    """Image b through OPS[ops[b]] with magnitudes[b] (float64 [B])."""
-    out = images
-    for index, name in enumerate(OPS):
-        if name != "identity":
-            out = torch.where(_per_image(ops == index), OP_FUNCTIONS[name](images, magnitudes), out)
-    return out
+    """Image b through OPS[ops[b]] with magnitudes[b] (float64 [B]). The ops come in three families,
+    each applied to the whole batch in one pass with per-image parameters: a pixel map (a lookup
+    table per image and channel), a blend with a degenerate image (PIL's ImageEnhance), a resampling
+    (an affine matrix per image). An image of another family gets the identity table, a blend factor
+    of 1 or the identity matrix, each an exact no-op."""
+
+    def drawn(family: dict) -> Tensor:
+        return torch.isin(ops, torch.tensor([OPS.index(name) for name in family], device=ops.device))
+
+    def pick(family: dict, default: Tensor, *args) -> Tensor:
+        for name, make in family.items():
+            chosen = (ops == OPS.index(name)).view(-1, *[1] * (default.dim() - 1))
+            default = torch.where(chosen, make(*args), default)
+        return default
+
+    identity_table = _values(images, torch.long).expand(*images.shape[:2], 256)
+    mapped = _lookup(images, pick(TABLES, identity_table, images, magnitudes))
+    factors = torch.where(drawn(DEGENERATES), magnitudes, torch.ones_like(magnitudes))
+    blended = _blend(pick(DEGENERATES, images, images), images, factors)
+    moved = affine(images, pick(MATRICES, _matrix(magnitudes), images.shape, magnitudes))
+    out = torch.where(_per_image(drawn(MATRICES)), moved, images)
+    out = torch.where(_per_image(drawn(DEGENERATES)), blended, out)
+    return torch.where(_per_image(drawn(TABLES)), mapped, out)
 
 
 def _per_image(values: Tensor) -> Tensor:
@@ -103,18 +121,18 @@ def _values(images: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def auto_contrast(images: Tensor, magnitudes: Tensor) -> Tensor:
-    """ImageOps.autocontrast: each channel stretched linearly from its [min, max] to [0, 255]."""
+    """ImageOps.autocontrast's table: each channel stretched linearly from its [min, max] to [0, 255]."""
     flat = images.flatten(2)
     low, high = flat.amin(2).double()[..., None], flat.amax(2).double()[..., None]
     scale = torch.full_like(low, 255.0) / (high - low)  # not 255.0 / tensor: torch takes a reciprocal there
     offset = -low * scale
     values = _values(images, torch.float64)
     table = (values * scale + offset).trunc().clamp(0, 255)
-    return _lookup(images, torch.where(high > low, table, values).long())
+    return torch.where(high > low, table, values).long()
 
 
 def equalize(images: Tensor, magnitudes: Tensor) -> Tensor:
-    """ImageOps.equalize: each channel's histogram equalised with PIL's integer steps."""
+    """ImageOps.equalize's table: each channel's histogram equalised with PIL's integer steps."""
     flat = images.flatten(2).long()
     histogram = torch.zeros(*flat.shape[:2], 256, dtype=torch.long, device=images.device)
     histogram.scatter_add_(2, flat, torch.ones_like(flat))
@@ -122,19 +140,24 @@ def equalize(images: Tensor, magnitudes: Tensor) -> Tensor:
     step = (flat.shape[2] - top_count) // 255
     below = histogram.cumsum(2) - histogram
     table = ((step // 2 + below) // step.clamp(min=1)).clamp(max=255)
-    return _lookup(images, torch.where(step > 0, table, _values(images, torch.long)))
+    return torch.where(step > 0, table, _values(images, torch.long))
 
 
 def posterize(images: Tensor, magnitudes: Tensor) -> Tensor:
-    """ImageOps.posterize to max(1, int(v)) bits."""
+    """ImageOps.posterize's table: values kept to their max(1, int(v)) high bits."""
     bits = magnitudes.long().clamp(1, 8)
-    mask = (256 - (1 << (8 - bits))).to(torch.uint8)
-    return images & _per_image(mask)
+    mask = 256 - (1 << (8 - bits))
+    return (_values(images, torch.long) & mask[:, None, None]).expand(*images.shape[:2], 256)
 
 
 def solarize(images: Tensor, magnitudes: Tensor) -> Tensor:
-    """ImageOps.solarize: values at or above the threshold inverted."""
-    return torch.where(images.double() < _per_image(magnitudes), images, 255 - images)
+    """ImageOps.solarize's table: values at or above the threshold inverted."""
+    values = _values(images, torch.long)
+    table = torch.where(values < magnitudes[:, None, None], values, 255 - values)
+    return table.expand(*images.shape[:2], 256)
+
+
+TABLES = {"auto_contrast": auto_contrast, "equalize": equalize, "posterize": posterize, "solarize": solarize}
 
 
 # ------------------------------------------------------------------ blends (ImageEnhance)
@@ -152,24 +175,22 @@ def _gray(images: Tensor) -> Tensor:
     return ((red * 19595 + green * 38470 + blue * 7471 + 0x8000) >> 16)[:, None]
 
 
-def brightness(images: Tensor, magnitudes: Tensor) -> Tensor:
-    return _blend(torch.zeros_like(images), images, magnitudes)
+def brightness(images: Tensor) -> Tensor:
+    """The degenerate image of ImageEnhance.Brightness: black."""
+    return torch.zeros_like(images)
 
 
-def color(images: Tensor, magnitudes: Tensor) -> Tensor:
-    return _blend(_gray(images).expand_as(images), images, magnitudes)
+def color(images: Tensor) -> Tensor:
+    """... of ImageEnhance.Color: the image in grey."""
+    return _gray(images).to(torch.uint8).expand_as(images)
 
 
-def contrast(images: Tensor, magnitudes: Tensor) -> Tensor:
-    """Blend with the grey image of the luma's mean, rounded half up."""
+def contrast(images: Tensor) -> Tensor:
+    """... of ImageEnhance.Contrast: the luma's mean, rounded half up, everywhere."""
     gray = _gray(images)
     total = gray.sum((1, 2, 3)).double()
     mean = total / torch.full_like(total, gray[0].numel())  # a true division, like PIL's
-    return _blend(_per_image((mean + 0.5).trunc()).expand_as(images), images, magnitudes)
-
-
-def sharpness(images: Tensor, magnitudes: Tensor) -> Tensor:
-    return _blend(smooth(images), images, magnitudes)
+    return _per_image((mean + 0.5).trunc().to(torch.uint8)).expand_as(images)
 
 
 def smooth(images: Tensor) -> Tensor:
@@ -187,6 +208,9 @@ def smooth(images: Tensor) -> Tensor:
     out = images.clone()
     out[:, :, 1:-1, 1:-1] = total.clamp(0, 255).to(torch.uint8)
     return out
+
+
+DEGENERATES = {"brightness": brightness, "color": color, "contrast": contrast, "sharpness": smooth}
 
 
 # ------------------------------------------------------------------ geometry (Image.transform)
@@ -223,40 +247,24 @@ def _matrix(magnitudes: Tensor, **entries: Tensor) -> Tensor:
     return torch.stack([values[name] for name in "abcdef"], 1)
 
 
-def rotate(images: Tensor, magnitudes: Tensor) -> Tensor:
+def rotate(shape: torch.Size, magnitudes: Tensor) -> Tensor:
     """Image.rotate(v): v degrees counter-clockwise about the image centre, the matrix as PIL builds it."""
-    height, width = images.shape[2:]
+    height, width = shape[2:]
     degrees = torch.where(magnitudes < 0, magnitudes + 360.0, magnitudes)  # Python's v % 360 for |v| < 360
     radians = -(degrees * (math.pi / 180.0))
     cos, sin = radians.cos(), radians.sin()
     centre_x, centre_y = width / 2, height / 2
     shift_x = cos * -centre_x + sin * -centre_y + 0.0 + centre_x
     shift_y = -sin * -centre_x + cos * -centre_y + 0.0 + centre_y
-    return affine(images, _matrix(magnitudes, a=cos, b=sin, c=shift_x, d=-sin, e=cos, f=shift_y))
+    return _matrix(magnitudes, a=cos, b=sin, c=shift_x, d=-sin, e=cos, f=shift_y)
 
 
-def shear_x(images: Tensor, magnitudes: Tensor) -> Tensor:
-    return affine(images, _matrix(magnitudes, b=magnitudes))
-
-
-def shear_y(images: Tensor, magnitudes: Tensor) -> Tensor:
-    return affine(images, _matrix(magnitudes, d=magnitudes))
-
-
-def translate_x(images: Tensor, magnitudes: Tensor) -> Tensor:
-    """A shift by v times the width (the source's TranslateX)."""
-    return affine(images, _matrix(magnitudes, c=magnitudes * images.shape[3]))
-
-
-def translate_y(images: Tensor, magnitudes: Tensor) -> Tensor:
-    return affine(images, _matrix(magnitudes, f=magnitudes * images.shape[2]))
-
-
-OP_FUNCTIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "auto_contrast": auto_contrast, "brightness": brightness, "color": color, "contrast": contrast,
-    "equalize": equalize, "posterize": posterize, "rotate": rotate, "sharpness": sharpness,
-    "shear_x": shear_x, "shear_y": shear_y, "solarize": solarize, "translate_x": translate_x,
-    "translate_y": translate_y,
+MATRICES: dict[str, Callable[[torch.Size, Tensor], Tensor]] = {
+    "rotate": rotate,
+    "shear_x": lambda shape, v: _matrix(v, b=v),
+    "shear_y": lambda shape, v: _matrix(v, d=v),
+    "translate_x": lambda shape, v: _matrix(v, c=v * shape[3]),  # v times the width, the source's TranslateX
+    "translate_y": lambda shape, v: _matrix(v, f=v * shape[2]),
 }
 
 
