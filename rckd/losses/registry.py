@@ -15,7 +15,6 @@ from torch import Tensor
 
 from rckd.errors import RckdError
 from rckd.losses import catalog
-from rckd.losses.mlkd import mlkd_terms
 from rckd.losses.functional import (
     at_least_float32,
     dkd_divergences,
@@ -27,6 +26,7 @@ from rckd.losses.functional import (
     warmup_scale,
     wttm_divergence,
 )
+from rckd.losses.mlkd import mlkd_terms
 
 Epoch = int | float | Tensor
 Terms = dict[str, Tensor]
