@@ -36,12 +36,13 @@ from rckd.checkpoint import load_model, load_torch, save_model, save_torch
 from rckd.data.augment import TrainBatch, TrainBatches
 from rckd.data.imagefolder import StreamBatches
 from rckd.data.options import STREAMED, add_data_option_argument, crop_padding, resolve_options
+from rckd.data.strong import strong_views
 from rckd.device import add_threads_argument, resolve_device, set_threads
 from rckd.errors import RckdError
 from rckd.gpu import GpuSlot, claim_device
 from rckd.inference import check_fits, predict_logits, split_logits
 from rckd.io import write_csv, write_json
-from rckd.losses.catalog import parse_param
+from rckd.losses.catalog import needs_live_teacher, parse_param
 from rckd.metrics import kendall_tau
 from rckd.spec import COMPILE_MODES, PRECISIONS, RunSpec, digest, read_spec
 
@@ -79,6 +80,11 @@ class TrainConfig(RunSpec):
         if self.teacher_bank is not None and self.dataset in STREAMED:
             raise RckdError(f"{self.dataset} is cropped at random sizes, not from a finite set of views: it has "
                             f"no teacher bank; drop --teacher-bank (config train.teacher_bank: off)")
+        if needs_live_teacher(self.method) and self.teacher_bank is not None:
+            raise RckdError(f"{self.method} runs its teacher on a strong view made by random ops (rckd.data.strong), "
+                            f"which no bank can hold: drop --teacher-bank (config train.teacher_bank: auto or off)")
+        if needs_live_teacher(self.method) and self.dataset in STREAMED:
+            raise RckdError(f"{self.method}'s strong view is made from in-memory images; {self.dataset} is streamed")
         if self.teacher_bank is not None and self.teacher is None:
             raise RckdError("--teacher-bank holds a teacher's logits: pass --teacher too (the bank is checked "
                             "against it)")
@@ -181,7 +187,7 @@ def _setup(config: TrainConfig) -> Session:
     student = student.to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(student.parameters(), lr=lr_at(config, 0), momentum=config.momentum,
                                 weight_decay=config.weight_decay, fused=on_cuda)
-    batches = _batches(config, train_split, device, group)
+    batches = _batches(config, train_split, device, group, two_views=loss_fn.views == 2)
     subset = torch.randperm(len(test_split), generator=torch.Generator().manual_seed(TAU_SUBSET_SEED))[:TAU_SUBSET]
     subset_images = test_split.eval_images(subset).to(device)
 
@@ -196,8 +202,9 @@ def _setup(config: TrainConfig) -> Session:
         teacher_logits = (bank.load(config.teacher_bank, config.teacher, train_split, batches.padding, device,
                                     config.dataset, config.data_options) if used_bank
                           else _live_teacher(teacher, compile_mode))
-    trained = student if group.world == 1 else torch.nn.parallel.DistributedDataParallel(
-        student, device_ids=[device.index] if on_cuda else None)
+    model = _TwoViews(student) if loss_fn.views == 2 else student
+    trained = model if group.world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if on_cuda else None)
     step = _make_step(trained, loss_fn, teacher_logits, optimizer, device, precision, compile_mode,
                       fullgraph=group.world == 1)  # DDP's gradient buckets split the graph
     identity = {"spec_hash": digest(spec), "precision": precision, "compile": compile_mode, "teacher_bank": used_bank}
@@ -208,16 +215,20 @@ def _setup(config: TrainConfig) -> Session:
 
 
 def _batches(config: TrainConfig, split: data.Split | data.FileSplit, device: torch.device,
-             group: distributed.Group) -> TrainBatches | StreamBatches:
+             group: distributed.Group, two_views: bool = False) -> TrainBatches | StreamBatches:
     """This process's training batches, all full (the short last one is dropped): one compiled shape."""
     per_process, on_cuda = config.batch_size // group.world, device.type == "cuda"
     if config.dataset in STREAMED:
         return StreamBatches(split, per_process, seed=config.seed, device=device, rank=group.rank,
                              world=group.world, workers=config.workers, channels_last=on_cuda)
     generator = torch.Generator(device=device).manual_seed(config.seed)
+    if two_views and split.images.shape[1] != 3:
+        raise RckdError(f"{config.method}'s strong view (RandAugment, rckd.data.strong) is defined for RGB images; "
+                        f"{config.dataset} has {split.images.shape[1]} channel(s)")
     return TrainBatches(split.images.to(device), split.labels.to(device), per_process, split.mean, split.std,
                         generator=generator, channels_last=on_cuda, drop_last=True, rank=group.rank,
-                        world=group.world, padding=crop_padding(config.dataset, config.data_options))
+                        world=group.world, padding=crop_padding(config.dataset, config.data_options),
+                        second_view=strong_views if two_views else None)
 
 
 def _use_bank(config: TrainConfig, train_split: data.Split, padding: int, device: torch.device) -> bool:
@@ -244,15 +255,34 @@ def _live_teacher(teacher: nn.Module, compile_mode: str) -> Callable[[TrainBatch
     return logits
 
 
+class _TwoViews(nn.Module):
+    """The student on both views of a batch in one forward call, since a DistributedDataParallel forward
+    must precede each backward once; each view still has its own BatchNorm batch statistics."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, x: torch.Tensor, x_strong: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.student(x), self.student(x_strong)
+
+
 def _make_step(student: nn.Module, loss_fn: losses.DistillLoss,
                teacher_logits: Callable[[TrainBatch], torch.Tensor] | None, optimizer: torch.optim.Optimizer,
                device: torch.device, precision: str, compile_mode: str, fullgraph: bool = True):
-    """One optimisation step: (batch, epoch tensor) -> (weighted loss terms, student logits)."""
+    """One optimisation step: (batch, epoch tensor) -> (weighted loss terms, student logits). A two-view
+    loss also gets the strong view's logits: the student's from a second forward (its own BatchNorm batch
+    statistics, as in MLKD's source) and the live teacher's."""
 
-    def forward_loss(x: torch.Tensor, y: torch.Tensor, logits_t: torch.Tensor | None, epoch: torch.Tensor):
+    def forward_loss(x: torch.Tensor, y: torch.Tensor, logits_t: torch.Tensor | None, epoch: torch.Tensor,
+                     x_strong: torch.Tensor | None = None, logits_t_strong: torch.Tensor | None = None):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits_s = student(x)
-        terms = loss_fn(logits_s, logits_t, y, epoch)
+            if x_strong is None:  # a one-view loss is called as it always was
+                logits_s, second_view = student(x), {}
+            else:  # a _TwoViews student
+                logits_s, logits_s_strong = student(x, x_strong)
+                second_view = {"strong": (logits_s_strong, logits_t_strong)}
+        terms = loss_fn(logits_s, logits_t, y, epoch, **second_view)
         return terms, logits_s
 
     # Student forward and loss are one graph (and so is their backward, through AOTAutograd).
@@ -261,9 +291,10 @@ def _make_step(student: nn.Module, loss_fn: losses.DistillLoss,
 
     def step(batch: TrainBatch, epoch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         logits_t = teacher_logits(batch) if teacher_logits is not None else None
+        strong = () if batch.strong is None else (batch.strong, teacher_logits(batch._replace(x=batch.strong)))
         if compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
-        terms, logits_s = compiled(batch.x, batch.y, logits_t, epoch)
+        terms, logits_s = compiled(batch.x, batch.y, logits_t, epoch, *strong)
         optimizer.zero_grad(set_to_none=True)
         sum(terms.values()).backward()
         optimizer.step()

@@ -472,7 +472,7 @@ def test_loss_compiles_as_one_graph_with_a_tensor_epoch(method, params):
 # --- registry ---------------------------------------------------------------------------------
 
 def test_available_defaults_and_resolved_params():
-    assert losses.available() == ["ce", "dist", "dkd", "kd", "rckd", "wttm"]
+    assert losses.available() == ["ce", "dist", "dkd", "kd", "mlkd", "rckd", "wttm"]
     assert losses.defaults("kd") == {"ce": 0.1, "kd": 0.9, "T": 4.0, "ls": False}
     assert losses.defaults("dkd") == {"ce": 1.0, "alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup": 20.0, "ls": False}
     assert losses.defaults("dist") == {"ce": 1.0, "kd": 2.0, "beta": 1.0, "gamma": 1.0, "T": 4.0}
@@ -492,7 +492,9 @@ def test_every_catalog_method_has_terms_and_known_parameters():
     assert sorted(registry.TERMS) == catalog.available()
     for method in catalog.available():
         assert set(catalog.defaults(method)) <= set(catalog.PARAMETERS)
-        terms = losses.build(method)(_logits(4, 6, seed=61), _logits(4, 6, seed=62), _targets(4, 6), 1)
+        loss = losses.build(method)
+        strong = (_logits(4, 6, seed=63), _logits(4, 6, seed=64)) if loss.views == 2 else None
+        terms = loss(_logits(4, 6, seed=61), _logits(4, 6, seed=62), _targets(4, 6), 1, strong=strong)
         assert terms and all(torch.isfinite(value) for value in terms.values())
 
 
@@ -505,7 +507,7 @@ def test_parse_param_types_values_by_parameter_kind():
 
 
 @pytest.mark.parametrize(("method", "params", "message"), [
-    ("hinton", {}, "unknown loss method 'hinton'; choose one of: ce, dist, dkd, kd, rckd, wttm"),
+    ("hinton", {}, "unknown loss method 'hinton'; choose one of: ce, dist, dkd, kd, mlkd, rckd, wttm"),
     ("kd", {"ls": 1}, "ls (logit standardization (Sun et al., 2024) of both logits before the temperature) must be "
                       "true or false"),
     ("kd", {"tau": 4}, "unknown parameter(s) tau for loss 'kd'; allowed: ce, kd, T, ls"),

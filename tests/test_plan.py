@@ -157,8 +157,8 @@ def test_schedule_overrides_enter_the_run_name_so_runs_never_collide():
 
 
 def test_a_loss_that_needs_the_live_teacher_never_reads_a_bank(monkeypatch):
-    monkeypatch.setitem(catalog.METHODS, "dist", catalog.Method(catalog.METHODS["dist"].defaults, True, "live",
-                                                                live_teacher=True))
+    monkeypatch.setitem(catalog.METHODS, "dist", catalog.Method(catalog.METHODS["dist"].defaults, True, "two views",
+                                                                views=2))
     assert catalog.needs_live_teacher("dist") and not catalog.needs_live_teacher("kd")
     paper = planned()
     students = [run for run in paper.runs.values() if run.teacher]

@@ -81,12 +81,12 @@ def test_teacher_learns_and_writes_its_run_directory(teacher):
     assert not (run / "resume.pt").exists()  # a finished run drops its resume checkpoint
 
 
-@pytest.mark.parametrize("method", ["kd", "dkd", "dist", "wttm", "rckd"])
+@pytest.mark.parametrize("method", ["kd", "dkd", "dist", "wttm", "rckd", "mlkd"])
 def test_distillation_runs_for_every_method(data_root, teacher, tmp_path, method):
     metrics = train(config(data_root, tmp_path, method=method, teacher=teacher, epochs=1))
     history = read_history(tmp_path)
     terms = {"kd": {"ce", "kd"}, "dkd": {"ce", "tckd", "nckd"}, "dist": {"ce", "inter", "intra"},
-             "wttm": {"ce", "wttm"}, "rckd": {"ce", "rc"}}[method]
+             "wttm": {"ce", "wttm"}, "rckd": {"ce", "rc"}, "mlkd": {"ce", "kd", "cc", "bc"}}[method]
     assert {key[5:] for key in history[0] if key.startswith("loss_")} == terms
     assert -1 <= float(history[0]["tau_nt"]) <= 1
     assert metrics["teacher_arch"] == "resnet14" and metrics["method"] == method
@@ -261,6 +261,8 @@ def test_non_finite_loss_names_the_epoch_and_term(data_root, tmp_path):
     ({"milestones": (5, 3)}, "milestones must be increasing"),
     ({"precision": "fp8"}, "precision must be"),
     ({"method": "fitnet"}, "fitnet"),
+    ({"method": "mlkd", "teacher": Path("t.pt"), "teacher_bank": Path("bank.pt")},
+     r"mlkd runs its teacher on a strong view .* drop --teacher-bank"),
 ])
 def test_bad_settings_fail_before_training(data_root, tmp_path, change, message):
     with pytest.raises(RckdError, match=message):
@@ -337,6 +339,33 @@ def test_sigterm_mid_epoch_writes_resume_and_the_rerun_ends_with_the_same_weight
     assert [{k: v for k, v in row.items() if k != "seconds"} for row in read_history(stopped_dir)] == \
         [{k: v for k, v in row.items() if k != "seconds"} for row in read_history(tmp_path / "whole")]
     assert_curves_equal_history(stopped_dir)
+
+
+def test_an_mlkd_run_stopped_mid_epoch_resumes_to_the_same_weights(data_root, teacher, tmp_path, monkeypatch):
+    """The strong views' draws live in the batch source's generator: a run stopped after step 3 of epoch 2
+    and resumed from resume.pt ends with the weights and history of one run straight through."""
+    from rckd import train as trainer
+
+    common = dict(method="mlkd", teacher=teacher, epochs=2, milestones=(1,), batch_size=32)
+    train(config(data_root, tmp_path / "whole", **common))
+    stopped_dir = tmp_path / "stopped"
+    stops = []
+
+    def stop_once(session, stop, position):
+        stops.append(position)
+        return len(stops) == 24 + 3  # asked after each of the 25 steps of an epoch but its last: step 3 of epoch 2
+
+    monkeypatch.setattr(trainer, "_stopping", stop_once)
+    with pytest.raises(trainer.Preempted, match="in epoch 2"):
+        train(config(data_root, stopped_dir, **common))
+    state = load_torch(stopped_dir / "resume.pt")
+    assert state["epoch"] == 1 and state["batches"]["position"] == 3 and state["partial"] is not None
+    train(config(data_root, stopped_dir, **common))
+    expected = load_torch(tmp_path / "whole" / "model.pt")["state_dict"]
+    actual = load_torch(stopped_dir / "model.pt")["state_dict"]
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in read_history(stopped_dir)] == \
+        [{k: v for k, v in row.items() if k != "seconds"} for row in read_history(tmp_path / "whole")]
 
 
 def test_soft_targets_stay_fp32_when_the_student_runs_in_bf16(data_root, teacher):

@@ -10,7 +10,7 @@ continues with exactly the same batches.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -19,6 +19,9 @@ import torch.nn.functional as F
 from rckd.data.options import PADDING, view_count
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+# (uint8 images of this process's part, images in the global batch, the part, generator, padding) -> uint8
+# second views of the part, e.g. MLKD's strong view (rckd.data.strong.strong_views).
+SecondView = Callable[[torch.Tensor, int, slice, torch.Generator, int], torch.Tensor]
 
 
 class TrainBatch(NamedTuple):
@@ -26,6 +29,7 @@ class TrainBatch(NamedTuple):
     y: torch.Tensor  # int64 [B]
     index: torch.Tensor  # int64 [B]: which training images
     view: torch.Tensor  # int64 [B]: which crop and flip of each (view_id), the key of a teacher bank
+    strong: torch.Tensor | None = None  # float32 [B, C, H, W]: a second view of each, where asked for
 
 
 def view_id(offsets: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
@@ -84,13 +88,15 @@ class TrainBatches:
     one, and loaded into a new instance reproduces every later batch bit for bit. With `world`
     processes (data-parallel training) every one draws the same permutation and views for global
     batches of batch_size * world images and keeps its `rank`-th part: together they see what one
-    process with the total batch sees.
+    process with the total batch sees. With `second_view`, each batch also carries a second view of
+    its images (`TrainBatch.strong`), drawn from the same generator after the first.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
                  mean: Sequence[float], std: Sequence[float], *, augment: bool = True, padding: int = PADDING,
                  drop_last: bool = False, generator: torch.Generator | None = None,
-                 channels_last: bool = False, rank: int = 0, world: int = 1) -> None:
+                 channels_last: bool = False, rank: int = 0, world: int = 1,
+                 second_view: SecondView | None = None) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         if labels.shape != images.shape[:1] or labels.device != images.device:
@@ -101,6 +107,9 @@ class TrainBatches:
         if world > 1 and not drop_last:
             raise ValueError("data-parallel batches need drop_last (every process takes equal parts)")
         self.rank, self.world = rank, world
+        if second_view is not None and not augment:
+            raise ValueError("a second view is a second augmentation: it needs augment=True")
+        self.second_view = second_view
         self.generator = generator if generator is not None else torch.Generator(images.device).manual_seed(0)
         if self.generator.device.type != images.device.type:  # torch itself only checks the type
             raise ValueError(f"generator is on {self.generator.device}, images on {images.device}")
@@ -125,11 +134,16 @@ class TrainBatches:
         while self.position < len(self):
             start = self.position * total
             index = self.order[start:start + total]
+            count = index.shape[0]
             if self.augment:  # the views of the whole global batch, so the generator advances alike everywhere
                 offsets, flips = random_views(index.shape[0], self.padding, generator=self.generator)
                 offsets, flips = offsets[part], flips[part]
             index = index[part]
             images = self.images.index_select(0, index)
+            strong = None
+            if self.second_view is not None:
+                strong = to_model_input(self.second_view(images, count, part, self.generator, self.padding),
+                                        self.mean, self.std, self.channels_last)
             if self.augment:
                 images = crop_flip(images, offsets, flips, self.padding)
                 view = view_id(offsets, flips, self.padding)
@@ -137,7 +151,7 @@ class TrainBatches:
                 view = torch.full_like(index, identity)
             self.position += 1
             yield TrainBatch(to_model_input(images, self.mean, self.std, self.channels_last),
-                             self.labels.index_select(0, index), index, view)
+                             self.labels.index_select(0, index), index, view, strong)
         self.order = None
 
     def state_dict(self) -> dict[str, torch.Tensor | int | None]:

@@ -49,9 +49,7 @@ class Method:
     defaults: dict[str, Any]
     needs_teacher: bool
     summary: str
-    # True for a loss that reads the teacher beyond its logits of the training view (e.g. of other views
-    # of the batch): its students run the teacher live and never read a logit bank (rckd.plan).
-    live_teacher: bool = False
+    views: int = 1  # 2: the loss also sees a second, strongly augmented view of each batch (rckd.data.strong)
 
 
 METHODS: dict[str, Method] = {
@@ -66,6 +64,9 @@ METHODS: dict[str, Method] = {
                    "Zheng and Yang (2024): sample-weighted KL to the power-transformed teacher"),
     "rckd": Method({"ce": 1.0, "kd": 0.0, "rc": 5.0, "T": 4.0, "relation": "log_ratio", "kappa": 1.0}, True,
                    "the authors' RCKD: T^2 (1 - cosine) of relative confidence matrices; kd>0 adds KL"),
+    "mlkd": Method({"ce": 0.1, "kd": 0.9, "T": 4.0}, True,
+                   "Jin et al. (2023): KD and batch- and class-level Gram alignment at five temperatures, "
+                   "on a weak and a strong view", views=2),
 }
 
 
@@ -81,8 +82,9 @@ def method(name: str) -> Method:
 
 
 def needs_live_teacher(name: str) -> bool:
-    """Whether method `name` needs its teacher run live during training, so no logit bank serves it."""
-    return method(name).live_teacher
+    """Whether the method's teacher must run on every batch: a second view made by random ops (MLKD's
+    strong view) has no finite set of views that a teacher bank (rckd.bank) could hold."""
+    return method(name).views > 1
 
 
 def defaults(name: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from rckd.losses.functional import (
     warmup_scale,
     wttm_divergence,
 )
+from rckd.losses.mlkd import mlkd_terms
 
 Epoch = int | float | Tensor
 Terms = dict[str, Tensor]
@@ -108,6 +109,7 @@ TERMS: dict[str, TermsFn] = {
     "dist": _dist_terms,
     "wttm": _wttm_terms,
     "rckd": _rckd_terms,
+    "mlkd": mlkd_terms,  # two views: also takes the strong view's student and teacher logits
 }
 
 
@@ -117,6 +119,8 @@ class DistillLoss:
 
     The terms sum to the training loss. Logits are computed in float32 (float64 stays
     float64); `epoch` may be a Python number or a 0-dim tensor, as a CUDA-graph step feeds it.
+    A two-view method (`views == 2`, MLKD) also takes `strong=(student, teacher)`, the logits of
+    a second, strongly augmented view of the same images; one-view methods take none.
     """
 
     method: str
@@ -124,9 +128,10 @@ class DistillLoss:
     needs_teacher: bool
     temperature: float | None
     _terms: TermsFn = field(repr=False)
+    views: int = 1
 
     def __call__(self, logits_s: Tensor, logits_t: Tensor | None, target: Tensor,
-                 epoch: Epoch) -> Terms:
+                 epoch: Epoch, strong: tuple[Tensor, Tensor] | None = None) -> Terms:
         if logits_s.ndim != 2 or logits_s.shape[-1] < 2:
             raise RckdError(f"student logits must have shape [batch, classes>=2], got {tuple(logits_s.shape)}")
         if self.needs_teacher:
@@ -136,10 +141,27 @@ class DistillLoss:
                 raise RckdError(f"teacher logits {tuple(logits_t.shape)} do not match student logits "
                                 f"{tuple(logits_s.shape)}; teacher and student need the same classes")
             logits_t = at_least_float32(logits_t.detach())
-        return self._terms(self.params, at_least_float32(logits_s), logits_t, target, epoch)
+        second = self._second_view(logits_s, strong)
+        return self._terms(self.params, at_least_float32(logits_s), logits_t, target, epoch, *second)
+
+    def _second_view(self, logits_s: Tensor, strong: tuple[Tensor, Tensor] | None) -> tuple[Tensor, ...]:
+        """() for a one-view method, else the strong view's (student, teacher) logits, checked."""
+        if self.views == 1:
+            if strong is not None:
+                raise RckdError(f"loss {self.method!r} takes one view of the batch, not a second (strong=)")
+            return ()
+        if strong is None:
+            raise RckdError(f"loss {self.method!r} needs the logits of a second view of the batch: "
+                            f"strong=(student logits, teacher logits)")
+        strong_s, strong_t = strong
+        if strong_s.shape != logits_s.shape or strong_t.shape != logits_s.shape:
+            raise RckdError(f"strong-view logits {tuple(strong_s.shape)} and {tuple(strong_t.shape)} do not "
+                            f"match the weak view's {tuple(logits_s.shape)}")
+        return at_least_float32(strong_s), at_least_float32(strong_t.detach())
 
 
 def build(method: str, **params: Any) -> DistillLoss:
     """The loss `method` with `params` overriding its defaults; bad names or values raise RckdError."""
     resolved = catalog.resolve(method, params)
-    return DistillLoss(method, resolved, catalog.method(method).needs_teacher, resolved.get("T"), TERMS[method])
+    spec = catalog.method(method)
+    return DistillLoss(method, resolved, spec.needs_teacher, resolved.get("T"), TERMS[method], spec.views)
