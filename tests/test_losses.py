@@ -353,7 +353,8 @@ def test_rckd_default_is_the_authors_upper_triangle_cosine(classes, scale):
     strict upper triangle, per-sample cosine, T^2 (1 - batch mean), 1.0 CE + 5.0 RC, no KL."""
     zs, zt, y = _logits(6, classes, scale, seed=50), _logits(6, classes, scale, seed=51), _targets(6, classes)
     loss = losses.build("rckd")
-    assert loss.params == {"ce": 1.0, "kd": 0.0, "rc": 5.0, "T": 4.0, "relation": "log_ratio", "kappa": 1.0}
+    assert loss.params == {"ce": 1.0, "kd": 0.0, "rc": 5.0, "T": 4.0, "relation": "log_ratio", "kappa": 1.0,
+                           "warmup": 0.0}
     terms = loss(zs, zt, y, 1)
     T = 4.0
     upper = torch.triu(torch.ones(classes, classes, dtype=torch.bool), diagonal=1)
@@ -375,6 +376,22 @@ def test_rckd_with_kl_adds_kd_to_the_relation_term():
     kd = 0.9 * 16 * functional.kd_divergence(zs, zt, 4.0).mean()
     torch.testing.assert_close(with_kl["kd"], kd)
     torch.testing.assert_close(with_kl["rc"], plain["rc"])
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_rckd_warmup_scales_the_distillation_terms_only(as_tensor):
+    """warmup > 0 scales rc and kd by min(epoch / warmup, 1), DKD's warm-up; CE is never scaled and
+    after the warm-up the terms are bit-identical to the authors' (warmup 0) at every epoch."""
+    zs, zt, y = _logits(8, 20, 3.0, seed=57), _logits(8, 20, 3.0, seed=58), _targets(8, 20)
+    authors = losses.build("rckd", kd=0.9)(zs, zt, y, 0)
+    warm = losses.build("rckd", kd=0.9, warmup=2)
+    for epoch, factor in ((0, 0.0), (1, 0.5), (2, 1.0), (3, 1.0), (240, 1.0)):
+        terms = warm(zs, zt, y, torch.tensor(epoch) if as_tensor else epoch)
+        torch.testing.assert_close(terms["ce"], authors["ce"], rtol=0, atol=0)
+        for name in ("rc", "kd"):
+            expected = authors[name] if factor == 1.0 else factor * authors[name]
+            torch.testing.assert_close(terms[name], expected, rtol=0 if factor == 1.0 else 1e-6, atol=0)
+    assert float(warm(zs, zt, y, 0)["rc"]) == 0.0 and float(authors["rc"]) > 1.0
 
 
 def test_standardize_is_sun_et_al_z_score():
@@ -477,7 +494,7 @@ def test_available_defaults_and_resolved_params():
     assert losses.defaults("dkd") == {"ce": 1.0, "alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup": 20.0, "ls": False}
     assert losses.defaults("dist") == {"ce": 1.0, "kd": 2.0, "beta": 1.0, "gamma": 1.0, "T": 4.0}
     assert losses.defaults("rckd") == {"ce": 1.0, "kd": 0.0, "rc": 5.0, "T": 4.0,
-                                       "relation": "log_ratio", "kappa": 1.0}
+                                       "relation": "log_ratio", "kappa": 1.0, "warmup": 0.0}
     assert losses.defaults("wttm") == {"ce": 1.0, "beta": 4.0, "power": 0.2}
     losses.defaults("kd")["T"] = 99.0  # a copy: the registry is unchanged
     assert losses.defaults("kd")["T"] == 4.0

@@ -91,12 +91,14 @@ def _rckd_terms(params: dict[str, Any], logits_s: Tensor, logits_t: Tensor, targ
                 epoch: Epoch) -> Terms:
     temperature = params["T"]
     cosine = relation_cosine(logits_s, logits_t, params["relation"], temperature, params["kappa"])
+    # DKD's linear warm-up of the distillation terms; warmup 0 (the authors' setting) gives exactly T^2.
+    scale = warmup_scale(epoch, params["warmup"]) * temperature**2
     terms = {
         "ce": params["ce"] * F.cross_entropy(logits_s, target),
-        "rc": params["rc"] * temperature**2 * (1 - cosine).mean(),
+        "rc": params["rc"] * scale * (1 - cosine).mean(),
     }
     if params["kd"] > 0:  # the authors' RCKD has no KL term; kd > 0 is the "RCKD + KL" reading
-        terms["kd"] = params["kd"] * temperature**2 * kd_divergence(logits_s, logits_t, temperature).mean()
+        terms["kd"] = params["kd"] * scale * kd_divergence(logits_s, logits_t, temperature).mean()
     return terms
 
 
