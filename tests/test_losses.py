@@ -337,11 +337,41 @@ def test_dist_terms_equal_one_minus_numpy_corrcoef():
 
 
 def test_rckd_prob_diff_rc_equals_the_dist_inter_term():
-    """A consequence worth knowing: with prob_diff, RC is DIST's inter-class relation."""
+    """A consequence worth knowing: with prob_diff, RC is DIST's inter-class relation (up to where
+    each puts its regulariser)."""
     zs, zt, y = _logits(8, 10, 2.0, seed=32), _logits(8, 10, 2.0, seed=33), _targets(8, 10)
     rc = losses.build("rckd", relation="prob_diff", rc=1.0)(zs, zt, y, 1)["rc"]
     inter = losses.build("dist", kd=1.0)(zs, zt, y, 1)["inter"]
-    torch.testing.assert_close(rc, inter, rtol=0, atol=0)
+    torch.testing.assert_close(rc, inter, rtol=1e-5, atol=0)
+
+
+def _np_dist_source(zs: np.ndarray, zt: np.ndarray, tau: float) -> tuple[float, float]:
+    """(inter, intra) of hunto/image_classification_sota lib/models/losses/dist_kd.py (commit d9662f7)
+    in float64: Pearson correlation as <a, b> / (|a| |b| + 1e-8) of the centred softmax(z / tau),
+    per sample (inter) and per class over the batch (intra), each 1 - mean, times tau^2."""
+    def relation(a: np.ndarray, b: np.ndarray) -> float:
+        a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        return float(1 - ((a * b).sum(1) / (norms + 1e-8)).mean())
+
+    y_s, y_t = np.exp(_np_log_softmax(zs / tau)), np.exp(_np_log_softmax(zt / tau))
+    return tau**2 * relation(y_s, y_t), tau**2 * relation(y_s.T, y_t.T)
+
+
+@pytest.mark.parametrize(("classes", "scale", "tau"), [(10, 1.0, 4.0), (100, 10.0, 4.0), (1000, 10.0, 1.0),
+                                                        (1000, 50.0, 1.0)])
+def test_dist_is_its_source_formula_in_float64(classes, scale, tau):
+    """Sharp logits at tau 1 (the ImageNet setting) are where the epsilon's placement shows."""
+    zs, zt = _logits(32, classes, scale, seed=34, dtype=torch.float64), _logits(32, classes, scale, seed=35,
+                                                                              dtype=torch.float64)
+    terms = losses.build("dist", T=tau, kd=1.0)(zs, zt, _targets(32, classes), 1)
+    inter, intra = _np_dist_source(zs.numpy(), zt.numpy(), tau)
+    assert float(terms["inter"]) == pytest.approx(inter, rel=1e-12, abs=1e-15)
+    assert float(terms["intra"]) == pytest.approx(intra, rel=1e-12, abs=1e-15)
+    # Identical logits: every correlation is 1 up to the epsilon, as in the source.
+    same = losses.build("dist", T=tau, kd=1.0)(zs, zs.clone(), _targets(32, classes), 1)
+    inter, intra = _np_dist_source(zs.numpy(), zs.numpy(), tau)
+    assert float(same["intra"]) == pytest.approx(intra, rel=1e-9, abs=1e-15)
 
 
 # --- RCKD as its authors define it, and logit standardization ---------------------------------
