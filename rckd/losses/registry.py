@@ -67,7 +67,7 @@ def _dkd_terms(params: dict[str, Any], logits_s: Tensor, logits_t: Tensor, targe
 
 # DIST's code adds 1e-8 to the product of the norms of the centred raw probabilities
 # (hunto/image_classification_sota, lib/models/losses/dist_kd.py, commit d9662f7): kept, because at tau 1
-# and sharp logits (the ImageNet setting) it moves the intra-class term by up to ~1 %.
+# and sharp logits (the ImageNet setting) it dominates small columns of the intra-class term (docs/method.md).
 DIST_NORM_EPS = 1e-8
 
 
