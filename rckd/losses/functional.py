@@ -95,7 +95,7 @@ def _cosine_from_moments(inner: Tensor, square_x: Tensor, square_y: Tensor) -> T
 def cosine(x: Tensor, y: Tensor, dim: int = -1, norm_eps: float | None = None) -> Tensor:
     """Cosine of `x` and `y` along `dim`. Where the regulariser goes: with `norm_eps` None, COSINE_EPS
     into the moments (see there); with a number, that number added to the product of the two norms,
-    <x, y> / (|x| |y| + norm_eps), the form of DIST's code (a zero vector then gets a zero gradient)."""
+    <x, y> / (|x| |y| + norm_eps), the form of DIST's code (finite at a zero vector: y / norm_eps)."""
     if norm_eps is None:
         return _cosine_from_moments((x * y).mean(dim), x.square().mean(dim), y.square().mean(dim))
     norms = torch.linalg.vector_norm(x, dim=dim) * torch.linalg.vector_norm(y, dim=dim)
