@@ -223,7 +223,8 @@ def test_catalog_defaults_are_the_sources():
 def test_every_pair_and_method_resolves_to_its_sources(config_name, table):
     config = _config(config_name)
     pairs = _main_pairs(config)
-    assert {(pair["teacher"], pair["student"]) for pair in pairs} == set(table), "a pair without rows, or rows without a pair"
+    configured = {(pair["teacher"], pair["student"]) for pair in pairs}
+    assert configured == set(table), "a pair without rows, or rows without a pair"
     for pair in pairs:
         rows = table[(pair["teacher"], pair["student"])]
         for method_name in config["experiments"]["main"]["methods"]:
