@@ -30,7 +30,7 @@ from rckd.gpu import claim_device
 from rckd.inference import check_fits
 
 STORAGE = torch.float16
-FORMAT = "rckd-teacher-bank-1"
+FORMAT = "rckd-teacher-bank-2"  # 2: CIFAR-100's normalisation changed (issue 20); rebuild older banks
 FLOAT16_MAX = 65504.0
 
 

@@ -337,11 +337,41 @@ def test_dist_terms_equal_one_minus_numpy_corrcoef():
 
 
 def test_rckd_prob_diff_rc_equals_the_dist_inter_term():
-    """A consequence worth knowing: with prob_diff, RC is DIST's inter-class relation."""
+    """A consequence worth knowing: with prob_diff, RC is DIST's inter-class relation (up to where
+    each puts its regulariser)."""
     zs, zt, y = _logits(8, 10, 2.0, seed=32), _logits(8, 10, 2.0, seed=33), _targets(8, 10)
     rc = losses.build("rckd", relation="prob_diff", rc=1.0)(zs, zt, y, 1)["rc"]
     inter = losses.build("dist", kd=1.0)(zs, zt, y, 1)["inter"]
-    torch.testing.assert_close(rc, inter, rtol=0, atol=0)
+    torch.testing.assert_close(rc, inter, rtol=1e-5, atol=0)
+
+
+def _np_dist_source(zs: np.ndarray, zt: np.ndarray, tau: float) -> tuple[float, float]:
+    """(inter, intra) of hunto/image_classification_sota lib/models/losses/dist_kd.py (commit d9662f7)
+    in float64: Pearson correlation as <a, b> / (|a| |b| + 1e-8) of the centred softmax(z / tau),
+    per sample (inter) and per class over the batch (intra), each 1 - mean, times tau^2."""
+    def relation(a: np.ndarray, b: np.ndarray) -> float:
+        a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        return float(1 - ((a * b).sum(1) / (norms + 1e-8)).mean())
+
+    y_s, y_t = np.exp(_np_log_softmax(zs / tau)), np.exp(_np_log_softmax(zt / tau))
+    return tau**2 * relation(y_s, y_t), tau**2 * relation(y_s.T, y_t.T)
+
+
+@pytest.mark.parametrize(("classes", "scale", "tau"), [(10, 1.0, 4.0), (100, 10.0, 4.0), (1000, 10.0, 1.0),
+                                                        (1000, 50.0, 1.0)])
+def test_dist_is_its_source_formula_in_float64(classes, scale, tau):
+    """Sharp logits at tau 1 (the ImageNet setting) are where the epsilon's placement shows."""
+    zs, zt = _logits(32, classes, scale, seed=34, dtype=torch.float64), _logits(32, classes, scale, seed=35,
+                                                                              dtype=torch.float64)
+    terms = losses.build("dist", T=tau, kd=1.0)(zs, zt, _targets(32, classes), 1)
+    inter, intra = _np_dist_source(zs.numpy(), zt.numpy(), tau)
+    assert float(terms["inter"]) == pytest.approx(inter, rel=1e-12, abs=1e-15)
+    assert float(terms["intra"]) == pytest.approx(intra, rel=1e-12, abs=1e-15)
+    # Identical logits: every correlation is 1 up to the epsilon, as in the source.
+    same = losses.build("dist", T=tau, kd=1.0)(zs, zs.clone(), _targets(32, classes), 1)
+    inter, intra = _np_dist_source(zs.numpy(), zs.numpy(), tau)
+    assert float(same["intra"]) == pytest.approx(intra, rel=1e-9, abs=1e-15)
 
 
 # --- RCKD as its authors define it, and logit standardization ---------------------------------
@@ -353,7 +383,8 @@ def test_rckd_default_is_the_authors_upper_triangle_cosine(classes, scale):
     strict upper triangle, per-sample cosine, T^2 (1 - batch mean), 1.0 CE + 5.0 RC, no KL."""
     zs, zt, y = _logits(6, classes, scale, seed=50), _logits(6, classes, scale, seed=51), _targets(6, classes)
     loss = losses.build("rckd")
-    assert loss.params == {"ce": 1.0, "kd": 0.0, "rc": 5.0, "T": 4.0, "relation": "log_ratio", "kappa": 1.0}
+    assert loss.params == {"ce": 1.0, "kd": 0.0, "rc": 5.0, "T": 4.0, "relation": "log_ratio", "kappa": 1.0,
+                           "warmup": 0.0}
     terms = loss(zs, zt, y, 1)
     T = 4.0
     upper = torch.triu(torch.ones(classes, classes, dtype=torch.bool), diagonal=1)
@@ -375,6 +406,22 @@ def test_rckd_with_kl_adds_kd_to_the_relation_term():
     kd = 0.9 * 16 * functional.kd_divergence(zs, zt, 4.0).mean()
     torch.testing.assert_close(with_kl["kd"], kd)
     torch.testing.assert_close(with_kl["rc"], plain["rc"])
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_rckd_warmup_scales_the_distillation_terms_only(as_tensor):
+    """warmup > 0 scales rc and kd by min(epoch / warmup, 1), DKD's warm-up; CE is never scaled and
+    after the warm-up the terms are bit-identical to the authors' (warmup 0) at every epoch."""
+    zs, zt, y = _logits(8, 20, 3.0, seed=57), _logits(8, 20, 3.0, seed=58), _targets(8, 20)
+    authors = losses.build("rckd", kd=0.9)(zs, zt, y, 0)
+    warm = losses.build("rckd", kd=0.9, warmup=2)
+    for epoch, factor in ((0, 0.0), (1, 0.5), (2, 1.0), (3, 1.0), (240, 1.0)):
+        terms = warm(zs, zt, y, torch.tensor(epoch) if as_tensor else epoch)
+        torch.testing.assert_close(terms["ce"], authors["ce"], rtol=0, atol=0)
+        for name in ("rc", "kd"):
+            expected = authors[name] if factor == 1.0 else factor * authors[name]
+            torch.testing.assert_close(terms[name], expected, rtol=0 if factor == 1.0 else 1e-6, atol=0)
+    assert float(warm(zs, zt, y, 0)["rc"]) == 0.0 and float(authors["rc"]) > 1.0
 
 
 def test_standardize_is_sun_et_al_z_score():
@@ -477,7 +524,7 @@ def test_available_defaults_and_resolved_params():
     assert losses.defaults("dkd") == {"ce": 1.0, "alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup": 20.0, "ls": False}
     assert losses.defaults("dist") == {"ce": 1.0, "kd": 2.0, "beta": 1.0, "gamma": 1.0, "T": 4.0}
     assert losses.defaults("rckd") == {"ce": 1.0, "kd": 0.0, "rc": 5.0, "T": 4.0,
-                                       "relation": "log_ratio", "kappa": 1.0}
+                                       "relation": "log_ratio", "kappa": 1.0, "warmup": 0.0}
     assert losses.defaults("wttm") == {"ce": 1.0, "beta": 4.0, "power": 0.2}
     losses.defaults("kd")["T"] = 99.0  # a copy: the registry is unchanged
     assert losses.defaults("kd")["T"] == 4.0

@@ -59,14 +59,14 @@ def test_format_params_is_canonical():
 def test_the_paper_config_plans_each_run_once_with_its_role_arch_and_spec():
     paper = planned()
     # Per seed: main 6 teachers + 9 vanilla students + 11 pairs x 6 methods = 81, capacity 15 more (its
-    # resnet20 and resnet32 teachers are the vanilla students of main), the RCKD ablation 6 more.
-    assert len(paper.runs) == 102
+    # resnet20 and resnet32 teachers are the vanilla students of main), the RCKD ablation 7 more.
+    assert len(paper.runs) == 103
     roles = {role: [run for run in paper.runs.values() if run.role == role]
              for role in ("teacher", "vanilla", "student")}
     assert {run.arch for run in roles["teacher"]} == {"resnet56", "resnet110", "resnet32x4", "wrn_40_2", "vgg13",
                                                        "resnet50"}
-    # students: main 66, capacity 18 less main's 3 resnet56 -> resnet20 runs, ablation 7 less main's rckd run
-    assert len(roles["vanilla"]) == 9 and len(roles["student"]) == 66 + 15 + 6
+    # students: main 66, capacity 18 less main's 3 resnet56 -> resnet20 runs, ablation 8 less main's rckd run
+    assert len(roles["vanilla"]) == 9 and len(roles["student"]) == 66 + 15 + 7
     assert all(run.method == "ce" and run.teacher is None for run in roles["teacher"] + roles["vanilla"])
     dkd = paper.runs["resnet20/resnet56/dkd/beta=2/seed0"]  # the pair's own beta over the catalogue's 8
     assert (dkd.role, dkd.arch, dkd.teacher, dkd.params) == ("student", "resnet20", "resnet56", {"beta": 2.0})
@@ -90,7 +90,7 @@ def test_experiments_have_their_kinds_outputs_and_labelled_runs():
         f"results/cifar100/capacity/{name}" for name in ("summary.csv", "table.md", "table.csv", "capacity.png"))
     assert paper.experiments["ablation"].outputs[-1].endswith("/ablation/ablation.png")
     ablation = paper.experiments["ablation"].runs
-    assert [label for label, _ in ablation] == ["ce", "ce"] + ["rckd"] * 7  # teacher, vanilla, 7 settings
+    assert [label for label, _ in ablation] == ["ce", "ce"] + ["rckd"] * 8  # teacher, vanilla, 8 settings
     assert "resnet8x4/resnet32x4/rckd/default/seed0" in names(run for _, run in ablation)  # main's run too
     assert paper.outputs()[-2:] == ["results/cifar100/deploy/latency.csv", "results/cifar100/deploy/latency.png"]
 

@@ -166,13 +166,26 @@ def test_main_table_means_stds_bold_deltas_and_missing(tmp_path):
     assert "72.00 / 72.34 [1] (-0.34)" in published[2] and "71.20 ± 0.20 / 71.97 [3] (-0.77)" in published[2]
     assert "71.30 ± 0.20 / 71.75 [2] (-0.45)" in published[2]
     assert "— / —" in published[3]  # vgg13 -> vgg8 DIST: neither measured nor published
-    assert "[3] https://github.com/megvii-research/mdistiller" in text
+    # every source says which statistic its numbers are, and the caption points there
+    assert "- [3] https://github.com/megvii-research/mdistiller: not stated in its README" in text
+    assert "- [2] https://github.com/hunto/DIST_KD: mean over runs" in text
+    assert "the statistic its source reports" in text
     rows = {row["teacher"]: row for row in csv.DictReader(open(csv_path))}
     assert rows["vgg13"]["dist_top1_mean"] == "" and rows["vgg13"]["dist_top1_n"] == "0"
     assert float(rows["resnet56"]["kd_top1_std"]) == pytest.approx(kd_std)
     assert float(rows["resnet56"]["kd_minus_published"]) == pytest.approx(70.2 - 70.66)
     assert float(rows["resnet56"]["rckd_minus_kd"]) == pytest.approx((72.0 + 72.6 + 72.1) / 3 - 70.2)
     assert "rckd_published" not in rows["resnet56"]  # nobody published RCKD numbers
+
+
+def test_published_sources_must_state_their_statistic(tmp_path):
+    path = tmp_path / "published.yaml"
+    path.write_text("sources: {repdistiller: {url: https://github.com/HobbitLong/RepDistiller}}\n"
+                    "cifar100: {teachers: {resnet56: {top1: 72.34, source: repdistiller}}}\n")
+    with pytest.raises(RckdError, match="source 'repdistiller' needs a url and a statistic"):
+        tables.load_published(path, "cifar100")
+    path.write_text(path.read_text().replace("RepDistiller}", "RepDistiller, statistic: one run}"))
+    assert tables.load_published(path, "cifar100").teachers["resnet56"].source.statistic == "one run"
 
 
 def test_teacher_cells_show_the_teacher_run_that_was_used(tmp_path):

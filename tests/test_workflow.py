@@ -43,7 +43,7 @@ def test_default_config_plans_every_job_once(tmp_path):
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     paper = planned()
-    assert len(paper.runs) == 102  # tests/test_plan.py counts them
+    assert len(paper.runs) == 103  # tests/test_plan.py counts them
     assert counts == {
         "prepare_data": 1, "train": len(paper.runs), "evaluate": len(paper.runs), "summarize": 3, "table": 3,
         "plot": 3, "teacher_bank": sum(paper.banks.values()), "export_onnx": len(paper.exports), "bench": 1, "all": 1,

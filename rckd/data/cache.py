@@ -19,7 +19,7 @@ from rckd.checkpoint import load_torch, save_torch
 from rckd.data.split import Split
 from rckd.errors import RckdError
 
-FORMAT = 1
+FORMAT = 2  # 2: CIFAR-100's mean/std became the published code's (issue 20); older caches are rebuilt
 _TENSORS = ("train_images", "train_labels", "test_images", "test_labels")
 _METADATA = ("format", "dataset", "options", "classes", "mean", "std")
 

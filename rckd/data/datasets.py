@@ -2,7 +2,7 @@
 
 | name | images | classes | train / test | mean, std (per channel, [0, 1] units) |
 |---|---|---|---|---|
-| `cifar100` | 3x32x32 | 100 | 50000 / 10000 | the customary (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762) |
+| `cifar100` | 3x32x32 | 100 | 50000 / 10000 | the sources' (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761) |
 | `fashion_mnist` | 1x28x28 | 10 | 60000 / 10000 | (0.2860,), (0.3530,), measured on the training set |
 | `synthetic` | 3x32x32 | K*M (100) | 100 / 20 per class | measured on its training set; with the default |
 | | | | | options (0.5025, 0.4821, 0.4761), (0.2432, 0.2000, 0.2024) |
@@ -35,8 +35,10 @@ from rckd.errors import RckdError
 
 SPLITS = ("train", "test")
 
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+# As in mdistiller, RepDistiller, logit-standardization-KD, TTM and RCKD (mdistiller/dataset/cifar100.py,
+# dataset/cifar100.py), so imported teachers see the inputs they were trained on (tests/test_sources.py).
+CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
+CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 # The fine label names of cifar-100-python/meta, in label order (alphabetical): imported teachers carry them.
 CIFAR100_CLASSES = (
     "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl",

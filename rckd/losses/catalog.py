@@ -62,7 +62,8 @@ METHODS: dict[str, Method] = {
                    "Huang et al. (2022): inter- and intra-class Pearson correlation of probabilities"),
     "wttm": Method({"ce": 1.0, "beta": 4.0, "power": 0.2}, True,
                    "Zheng and Yang (2024): sample-weighted KL to the power-transformed teacher"),
-    "rckd": Method({"ce": 1.0, "kd": 0.0, "rc": 5.0, "T": 4.0, "relation": "log_ratio", "kappa": 1.0}, True,
+    "rckd": Method({"ce": 1.0, "kd": 0.0, "rc": 5.0, "T": 4.0, "relation": "log_ratio", "kappa": 1.0,
+                    "warmup": 0.0}, True,
                    "the authors' RCKD: T^2 (1 - cosine) of relative confidence matrices; kd>0 adds KL"),
     "mlkd": Method({"ce": 0.1, "kd": 0.9, "T": 4.0}, True,
                    "Jin et al. (2023): KD and batch- and class-level Gram alignment at five temperatures, "

@@ -92,11 +92,19 @@ def _cosine_from_moments(inner: Tensor, square_x: Tensor, square_y: Tensor) -> T
     return (inner + COSINE_EPS) * torch.rsqrt((square_x + COSINE_EPS) * (square_y + COSINE_EPS))
 
 
-def pearson(x: Tensor, y: Tensor, dim: int = -1) -> Tensor:
-    """Pearson correlation of `x` and `y` along `dim` (the cosine of the centred vectors)."""
-    x = x - x.mean(dim, keepdim=True)
-    y = y - y.mean(dim, keepdim=True)
-    return _cosine_from_moments((x * y).mean(dim), x.square().mean(dim), y.square().mean(dim))
+def cosine(x: Tensor, y: Tensor, dim: int = -1, norm_eps: float | None = None) -> Tensor:
+    """Cosine of `x` and `y` along `dim`. Where the regulariser goes: with `norm_eps` None, COSINE_EPS
+    into the moments (see there); with a number, that number added to the product of the two norms,
+    <x, y> / (|x| |y| + norm_eps), the form of DIST's code (finite at a zero vector: y / norm_eps)."""
+    if norm_eps is None:
+        return _cosine_from_moments((x * y).mean(dim), x.square().mean(dim), y.square().mean(dim))
+    norms = torch.linalg.vector_norm(x, dim=dim) * torch.linalg.vector_norm(y, dim=dim)
+    return (x * y).sum(dim) / (norms + norm_eps)
+
+
+def pearson(x: Tensor, y: Tensor, dim: int = -1, norm_eps: float | None = None) -> Tensor:
+    """Pearson correlation of `x` and `y` along `dim`: the `cosine` of the centred vectors."""
+    return cosine(x - x.mean(dim, keepdim=True), y - y.mean(dim, keepdim=True), dim, norm_eps)
 
 
 def uniform_scaled_probabilities(logits: Tensor, temperature: float) -> Tensor:

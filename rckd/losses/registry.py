@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -22,7 +23,6 @@ from rckd.losses.functional import (
     pearson,
     relation_cosine,
     standardize,
-    uniform_scaled_probabilities,
     warmup_scale,
     wttm_divergence,
 )
@@ -66,17 +66,24 @@ def _dkd_terms(params: dict[str, Any], logits_s: Tensor, logits_t: Tensor, targe
     }
 
 
+# DIST's code adds 1e-8 to the product of the norms of the centred raw probabilities
+# (hunto/image_classification_sota, lib/models/losses/dist_kd.py, commit d9662f7): kept, because at tau 1
+# and sharp logits (the ImageNet setting) it dominates small columns of the intra-class term (docs/method.md).
+DIST_NORM_EPS = 1e-8
+
+
 def _dist_terms(params: dict[str, Any], logits_s: Tensor, logits_t: Tensor, target: Tensor,
                 epoch: Epoch) -> Terms:
     temperature = params["T"]
-    # Inter-class: correlation over the classes of each sample; intra-class: over the batch, per class.
-    per_class_s = uniform_scaled_probabilities(logits_s, temperature)
-    per_class_t = uniform_scaled_probabilities(logits_t, temperature)
+    probs_s, probs_t = torch.softmax(logits_s / temperature, -1), torch.softmax(logits_t / temperature, -1)
     scale = params["kd"] * temperature**2
+    # Inter-class: correlation over the classes of each sample; intra-class: over the batch, per class.
+    inter = 1 - pearson(probs_s, probs_t, norm_eps=DIST_NORM_EPS)
+    intra = 1 - pearson(probs_s, probs_t, dim=0, norm_eps=DIST_NORM_EPS)
     return {
         "ce": params["ce"] * F.cross_entropy(logits_s, target),
-        "inter": scale * params["beta"] * (1 - pearson(per_class_s, per_class_t)).mean(),
-        "intra": scale * params["gamma"] * (1 - pearson(per_class_s, per_class_t, dim=0)).mean(),
+        "inter": scale * params["beta"] * inter.mean(),
+        "intra": scale * params["gamma"] * intra.mean(),
     }
 
 
@@ -92,12 +99,14 @@ def _rckd_terms(params: dict[str, Any], logits_s: Tensor, logits_t: Tensor, targ
                 epoch: Epoch) -> Terms:
     temperature = params["T"]
     cosine = relation_cosine(logits_s, logits_t, params["relation"], temperature, params["kappa"])
+    # DKD's linear warm-up of the distillation terms; warmup 0 (the authors' setting) gives exactly T^2.
+    scale = warmup_scale(epoch, params["warmup"]) * temperature**2
     terms = {
         "ce": params["ce"] * F.cross_entropy(logits_s, target),
-        "rc": params["rc"] * temperature**2 * (1 - cosine).mean(),
+        "rc": params["rc"] * scale * (1 - cosine).mean(),
     }
     if params["kd"] > 0:  # the authors' RCKD has no KL term; kd > 0 is the "RCKD + KL" reading
-        terms["kd"] = params["kd"] * temperature**2 * kd_divergence(logits_s, logits_t, temperature).mean()
+        terms["kd"] = params["kd"] * scale * kd_divergence(logits_s, logits_t, temperature).mean()
     return terms
 
 

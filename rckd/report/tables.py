@@ -1,7 +1,7 @@
 """`rckd table`: paper-style results tables from an experiment's summary.csv -> table.md + table.csv.
 
 table.md holds the best-epoch and the final-epoch version of the table (the one named by --metric
-first), each captioned with which it is; published papers report best-epoch accuracy. table.csv
+first), each captioned with which it is; published numbers are each source's own statistic. table.csv
 holds the --metric version only, with mean, std and n of every cell. Each experiment kind names its
 table builder (rckd.plan.kinds). For `main`, table.md also
 holds the measured-minus-published comparison (CIFAR-100, best epoch, from config/published.yaml)
@@ -117,9 +117,15 @@ def pair_cells(groups: Groups, pair: tuple[str, str], methods: list[str], column
 
 
 @dataclass(frozen=True)
+class Source:
+    url: str
+    statistic: str  # what the number is, as the source says it (a best epoch, a mean of n runs, ...)
+
+
+@dataclass(frozen=True)
 class Published:
     top1: float
-    source: str  # URL
+    source: Source
 
 
 @dataclass(frozen=True)
@@ -128,9 +134,9 @@ class PublishedSet:
     students: dict[str, Published]
     distilled: dict[tuple[str, str, str], Published]  # (teacher, student, method)
 
-    def sources(self) -> list[str]:
+    def sources(self) -> list[Source]:
         entries = [*self.teachers.values(), *self.students.values(), *self.distilled.values()]
-        return sorted({entry.source for entry in entries})
+        return sorted({entry.source for entry in entries}, key=lambda source: (source.url, source.statistic))
 
 
 def load_published(path: Path, dataset: str) -> PublishedSet | None:
@@ -145,7 +151,12 @@ def load_published(path: Path, dataset: str) -> PublishedSet | None:
         raise RckdError(f"{path} should map data set names (and `sources`) to published numbers")
     if dataset not in document:
         return None
-    sources = document.get("sources", {})
+    sources = {}
+    for name, record in document.get("sources", {}).items():
+        if not isinstance(record, dict) or not all(isinstance(record.get(key), str) for key in ("url", "statistic")):
+            raise RckdError(f"{path}: source {name!r} needs a url and a statistic (what its numbers are: a best "
+                            f"epoch, a mean of n runs, or that the source does not say)")
+        sources[name] = Source(record["url"], record["statistic"])
     section = document[dataset]
 
     def entry(record: dict[str, Any], where: str) -> Published:
@@ -358,10 +369,11 @@ def published_markdown(rows: list[Row], published: PublishedSet) -> str:
             cells.append(text)
         body.append([f"{pair[0]} → {pair[1]}", *cells])
     header = ["Teacher → Student", "Teacher", "Vanilla student", *(method_label(key) for key in keys[2:])]
-    sources = "\n".join(f"- [{index}] {source}" for source, index in footnotes.items())
+    sources = "\n".join(f"- [{index}] {source.url}: {source.statistic}" for source, index in footnotes.items())
     return ("### Measured vs published, best-epoch top-1 (%)\n\n"
-            "Each cell: measured / published [source] (measured − published). Published numbers are "
-            "best-epoch accuracies (DIST: mean of its runs); RCKD's per-pair numbers are not public.\n\n"
+            "Each cell: measured (best epoch) / published [source] (measured − published). Each published "
+            "number is the statistic its source reports, listed with the source below; RCKD's per-pair "
+            "numbers are not public.\n\n"
             + markdown_table(header, body) + "\n\n" + sources)
 
 

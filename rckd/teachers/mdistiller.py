@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import re
 import tarfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -150,6 +151,41 @@ def _rename(rules: Rules, name: str) -> str | None:
 
 
 _FAMILIES = {"resnet": _resnet_rules, "wrn": _wrn_rules, "vgg": _vgg_rules}
+_GROUP = re.compile(r"\((?:\?:)?([^()]*)\)")
+
+
+def _group_values(body: str, numbers: range) -> list[str]:
+    """What one group of a rule's pattern matches: numbers, one digit, 0 or 1, or its alternatives."""
+    fixed = {r"\d+": [str(n) for n in numbers], r"\d": [str(n) for n in range(10)], "[01]": ["0", "1"]}
+    return fixed.get(body, body.split("|"))
+
+
+def _pattern_names(pattern: str, numbers: range) -> Iterator[str]:
+    """Every name a rule's pattern matches with numbers from `numbers`: the rules read backwards, so an
+    error can name a tensor the checkpoint lacks as the checkpoint would (`fc.weight`), not only as we do."""
+    choices: list[list[str]] = []
+    start = 0
+    for group in _GROUP.finditer(pattern):
+        choices.append([pattern[start:group.start()].replace("\\.", ".")])
+        choices.append(_group_values(group[1], numbers))
+        start = group.end()
+    choices.append([pattern[start:].replace("\\.", ".")])
+    return ("".join(parts) for parts in itertools.product(*choices))
+
+
+def _checkpoint_names(rules: Rules, ours: str, names: list[str]) -> list[str]:
+    """The names in the checkpoint's layout that the rules map to our tensor `ours` (numbers up to one
+    past the largest in the checkpoint's names)."""
+    numbers = range(2 + max((int(n) for name in names for n in re.findall(r"\d+", name)), default=0))
+    found = []
+    for pattern, _ in rules:
+        for name in _pattern_names(pattern, numbers):
+            try:
+                if _rename(rules, name) == ours:
+                    found.append(name)
+            except (KeyError, IndexError):  # a stage the checkpoint does not have
+                continue
+    return found
 
 
 def translate(arch: str, state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -171,7 +207,9 @@ def translate(arch: str, state: dict[str, torch.Tensor], model: torch.nn.Module)
         translated[target] = tensor.to(ours[target].dtype)
     missing = [name for name in ours if name not in translated]
     if missing:
-        raise RckdError(f"the checkpoint lacks {len(missing)} tensor(s) our {arch} needs, e.g. {missing[0]!r}; "
+        theirs = " or ".join(repr(name) for name in _checkpoint_names(rules, missing[0], list(state)))
+        example = f"{theirs} (our {missing[0]!r})" if theirs else f"our {missing[0]!r}"
+        raise RckdError(f"the checkpoint lacks {len(missing)} tensor(s) our {arch} needs, e.g. {example}; "
                         f"is it a complete {arch} checkpoint?")
     return translated
 
