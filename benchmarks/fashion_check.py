@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                                  out=Path(tmp) / name, epochs=args.epochs, milestones=(), device=args.device,
                                  precision=precision, compile=compile_mode, checkpoint_every=args.epochs)
             metrics = train(config)
-            results[name] = {key: metrics[key] for key in ("precision", "compile", "final_top1", "best_top1",
+            results[name] = {key: getattr(metrics, key) for key in ("precision", "compile", "final_top1", "best_top1",
                                                            "wall_seconds")}
             print(f"{name}: {results[name]}", flush=True)
     results["top1_difference"] = results["fast"]["final_top1"] - results["exact"]["final_top1"]

@@ -19,9 +19,10 @@ import torch
 from helpers import SYNTHETIC, run_config
 from torch import nn
 
-from rckd import data, models
+from rckd import __version__, data, models
 from rckd.data.augment import normalize
 from rckd.export import export
+from rckd.records import ModelMeta
 
 SIZE = 16  # every architecture maps any image size to logits; 16x16 keeps tracing and checking fast
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
@@ -124,14 +125,15 @@ def settle_batchnorm(model: nn.Module, images: torch.Tensor) -> nn.Module:
 
 def toy_meta(arch: str, classes: list[str], channels: int = 3, method: str = "rckd",
              params: dict | None = None, teacher: str | None = "runs/t/model.pt",
-             teacher_arch: str | None = "resnet32x4") -> dict:
-    """The checkpoint metadata `rckd.export.export` needs, for SIZE x SIZE images."""
-    return {
-        "arch": arch, "num_classes": len(classes), "in_channels": channels, "input_size": [channels, SIZE, SIZE],
-        "dataset": "synthetic", "mean": MEAN[:channels], "std": STD[:channels], "classes": list(classes),
-        "method": method, "params": {"beta": 2.0} if params is None else params, "teacher": teacher,
-        "teacher_arch": teacher_arch,
-    }
+             teacher_arch: str | None = "resnet32x4") -> ModelMeta:
+    """The metadata of a model trained for SIZE x SIZE images (what `rckd.export.export` needs)."""
+    return ModelMeta(
+        arch=arch, num_classes=len(classes), in_channels=channels, input_size=[channels, SIZE, SIZE],
+        dataset="synthetic", data_options={}, mean=MEAN[:channels], std=STD[:channels], classes=list(classes),
+        method=method, params={"beta": 2.0} if params is None else params, teacher=teacher,
+        teacher_arch=teacher_arch, seed=0, epochs=1, final_top1=None, best_top1=None, best_epoch=None,
+        rckd_version=__version__,
+    )
 
 
 def tiny_model(arch: str, num_classes: int, channels: int = 3) -> nn.Module:
@@ -144,8 +146,8 @@ def tiny_model(arch: str, num_classes: int, channels: int = 3) -> nn.Module:
 def export_tiny(out: Path, meta: dict, *, int8: bool = False) -> tuple[nn.Module, Path]:
     """tiny_model(meta's arch) exported to `out` (and `out`'s X.int8.onnx sibling with int8), gated on
     16 random test images; returns the PyTorch model and `out`."""
-    channels, classes = meta["input_size"][0], meta["num_classes"]
-    model = tiny_model(meta["arch"], classes, channels)
+    channels, classes = meta.input_size[0], meta.num_classes
+    model = tiny_model(meta.arch, classes, channels)
     images = normalized(random_images(16, channels))
     int8_out = out.with_name(out.name.removesuffix(".onnx") + ".int8.onnx") if int8 else None
     calibration = normalized(random_images(16, channels, seed=2)) if int8 else None
