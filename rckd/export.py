@@ -5,7 +5,7 @@ The graph is traced in eval mode with a symbolic batch axis, checked with `onnx.
 model: the file is written only when the largest logit difference is at most `ATOL` and the
 top-1 predictions agree on at least `MIN_AGREEMENT` % of the images. Optionally a static INT8
 (QDQ) copy is calibrated on training images and its test top-1 is measured.
-Both files carry `rckd.*` metadata (rckd.deploy.ModelInfo), all a consumer needs.
+Both files carry `rckd.*` metadata (rckd.records.ModelInfo), all a consumer needs.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ teacher and trained student, and tiny models exported to ONNX.
 The session fixtures are built once per test session, also under pytest-xdist: the first worker to
 ask builds under a file lock in the directory all workers share, the others wait and reuse it. They
 are read-only for the tests (write into tmp_path, never into a fixture's directory).
-Import the helpers with `from conftest import ...` (pytest puts tests/ on sys.path).
+Import its functions with `from conftest import ...`, and the run-config builder, the CSV and history
+readers and the Snakemake call with `from helpers import ...` (pytest puts tests/ on sys.path).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rckd import __version__, data, models
 from rckd.data.augment import normalize
 from rckd.export import export
 from rckd.records import ModelMeta
+from rckd.train import train
 
 SIZE = 16  # every architecture maps any image size to logits; 16x16 keeps tracing and checking fast
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
@@ -79,7 +81,6 @@ def synthetic_root(synthetic_cache) -> Path:
 def trained_teacher(synthetic_root, tmp_path_factory) -> Path:
     """model.pt of a resnet14 trained for 6 epochs (lr decay after 5) on helpers.SYNTHETIC, in its run
     directory (history.csv, metrics.json, best.pt, spec.json)."""
-    from rckd.train import train
 
     def build(out: Path) -> None:
         train(run_config(synthetic_root, out, arch="resnet14", epochs=6, milestones=(5,)))
@@ -91,7 +92,6 @@ def trained_teacher(synthetic_root, tmp_path_factory) -> Path:
 def trained_student(synthetic_root, trained_teacher, tmp_path_factory) -> Path:
     """model.pt of a resnet8 distilled from `trained_teacher` with kd (default parameters) for 4 epochs
     (lr decay after 3) on helpers.SYNTHETIC, in its run directory."""
-    from rckd.train import train
 
     def build(out: Path) -> None:
         train(run_config(synthetic_root, out, method="kd", teacher=trained_teacher, epochs=4, milestones=(3,)))
