@@ -19,9 +19,9 @@ from rckd.checkpoint import load_model
 from rckd.cli import main as cli
 from rckd.errors import RckdError
 from rckd.io import write_csv
-from rckd.records import BestScores, EvalRecord, RunMetrics
+from rckd.records import BestScores, EvalRecord, Origin, RunMetrics
 from rckd.report import tables
-from rckd.report.summary import COLUMNS, format_params, read_summary, summarize
+from rckd.report.summary import COLUMNS, format_params, read_summary, run_row, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "config" / "published.yaml"
@@ -131,6 +131,26 @@ def test_summarize_refuses_unfinished_and_duplicate_runs(tmp_path, capsys):
 
 
 # --- tables -------------------------------------------------------------------------------------
+
+
+def test_an_imported_teachers_row_takes_its_accuracy_from_its_evaluation(tmp_path):
+    """An imported teacher has no training history: its best and final top-1 are its evaluated top-1 (empty
+    until it is evaluated), and its best_ columns are those of the evaluated weights."""
+    from rckd.teachers.output import save_teacher
+
+    run = tmp_path / "teacher"
+    data_set = {"dataset": "cifar100", "data_options": {}, "input_size": [3, 32, 32], "mean": [0.5] * 3,
+                "std": [0.2] * 3, "classes": ["a", "b"]}
+    origin = Origin(source="mdistiller", source_file="t.tar:resnet56.pth", source_sha256="ab", num_tensors=2)
+    save_teacher(run / "model.pt", torch.nn.Linear(2, 2), "resnet56", data_set, origin, run / "metrics.json", 240)
+    row = run_row("main", run)
+    assert (row["best_top1"], row["final_top1"], row["top1"], row["best_top5"]) == ("", "", "", "")
+    EvalRecord(model=str(run / "model.pt"), arch="resnet56", dataset="cifar100", method="ce", params={}, seed=0,
+               num_test=100, ece_bins=15, device="cpu", teacher=None, top1=72.5, top5=91.0, nll=1.0,
+               ece=0.05).write(run / "eval.json")
+    row = run_row("main", run)
+    assert (row["best_top1"], row["final_top1"], row["top1"], row["best_top5"]) == (72.5, 72.5, 72.5, 91.0)
+    assert (row["student"], row["teacher"], row["epochs"], row["num_params"]) == ("resnet56", "", 240, 6)
 
 
 def main_rows() -> list[dict]:
