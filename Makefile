@@ -7,8 +7,10 @@ CORES ?= 2
 # instead of starting more than the GPUs take.
 GPU_SLOTS ?= 2
 SNAKEMAKE := $(BIN)/snakemake --cores $(CORES)
+# pytest-xdist workers of `make test` (0: one process); the session fixtures are built once either way.
+PYTEST_WORKERS ?= 2
 
-.PHONY: demo test paper fashion report lint dry-run clean system-packages gpu-check
+.PHONY: demo test test-cluster test-all paper fashion report lint dry-run clean system-packages gpu-check
 # Debian packages the test suite uses: the real-image data set (Fashion-MNIST).
 DEBIAN_PACKAGES := dataset-fashion-mnist
 
@@ -35,8 +37,13 @@ system-packages:  ## Debian packages the tests use (root: apt-get; else prints t
 	if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	else echo "missing Debian packages: $$missing (sudo apt-get install $$missing)"; exit 1; fi
 
-test: $(VENV)/.installed system-packages  ## the test suite (CPU)
-	$(BIN)/pytest -q
+test: $(VENV)/.installed system-packages  ## the test suite on CPU, without the SLURM cluster: starts no daemon
+	$(BIN)/pytest -q -m "not cluster" -n $(PYTEST_WORKERS)
+
+test-cluster: $(VENV)/.installed  ## the SLURM tests (root, Debian): installs, starts and stops a one-node cluster
+	$(BIN)/pytest -q -m cluster
+
+test-all: test test-cluster  ## both tiers (CI)
 
 paper: $(VENV)/.installed  ## the paper's CIFAR-100 experiments in .venv (GPU; set CORES, GPU_SLOTS)
 	$(SNAKEMAKE) --resources gpu=$(GPU_SLOTS)

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                                  precision=precision, compile=compile_mode, checkpoint_every=args.epochs,
                                  tensorboard=False)
             metrics = train(config)
-            results[name] = {key: metrics[key] for key in ("precision", "compile", "final_top1", "best_top1",
+            results[name] = {key: getattr(metrics, key) for key in ("precision", "compile", "final_top1", "best_top1",
                                                            "wall_seconds")}
             print(f"{name}: {results[name]}", flush=True)
     results["top1_difference"] = results["fast"]["final_top1"] - results["exact"]["final_top1"]

@@ -56,9 +56,9 @@ TRAINER = ("numpy", "tqdm")  # what rckd.train imports besides torch
 PARTS = (
     Part("warmup", 60, 20, "benchmarks/gpu_warmup.py", ("--out", "{out}/warmup.json"), needs=("torch",),
          what="CUDA present; device, torch version; first CUDA context and a compiled step (inductor's workers)"),
-    # --noconftest: tests/conftest.py imports onnx for the export tests, which a bare GPU machine may lack
+    # tests/conftest.py imports onnx only inside export_tiny, so the CUDA tests need no onnx
     Part("cuda_tests", 200, 60, "tests/test_cuda.py",
-         ("-q", "-rs", "--noconftest", "-p", "no:cacheprovider", "--junitxml={out}/cuda_tests.xml"),
+         ("-q", "-rs", "-p", "no:cacheprovider", "--junitxml={out}/cuda_tests.xml"),
          needs=("pytest", *TRAINER),
          what="no skipped CUDA graph; bf16 compiled steps track fp32 eager; bank on CUDA; ORT CUDA provider"),
     Part("train_speed", 170, 60, "benchmarks/train_speed.py",

@@ -59,6 +59,7 @@ from torchvision import transforms
 from rckd import __version__, bank, data, losses, models
 from rckd.checkpoint import load_model, save_model
 from rckd.io import write_json
+from rckd.records import ModelMeta
 from rckd.train import TrainConfig, train
 
 BATCH_SIZE = 64
@@ -122,14 +123,14 @@ def save_fresh_teacher(path: Path, arch: str, split: data.Split, options: dict[s
     """A randomly initialised teacher in a model.pt the trainer accepts (its speed is that of a trained one)."""
     torch.manual_seed(0)
     model = models.build(arch, num_classes=len(split.classes), in_channels=split.images.shape[1])
-    meta = {
-        "arch": arch, "num_classes": len(split.classes), "in_channels": split.images.shape[1],
-        "input_size": list(split.images.shape[1:]), "dataset": "synthetic",
-        "data_options": data.options.resolve_options("synthetic", options), "mean": list(split.mean),
-        "std": list(split.std), "classes": list(split.classes), "method": "ce", "params": {}, "teacher": None,
-        "teacher_arch": None, "seed": 0, "epochs": 0, "final_top1": 0.0, "best_top1": 0.0, "best_epoch": 0,
-        "rckd_version": __version__,
-    }
+    meta = ModelMeta(
+        arch=arch, num_classes=len(split.classes), in_channels=split.images.shape[1],
+        input_size=list(split.images.shape[1:]), dataset="synthetic",
+        data_options=data.options.resolve_options("synthetic", options), mean=list(split.mean),
+        std=list(split.std), classes=list(split.classes), method="ce", params={}, teacher=None,
+        teacher_arch=None, seed=0, epochs=0, final_top1=0.0, best_top1=0.0, best_epoch=0,
+        rckd_version=__version__,
+    )
     save_model(path, model.state_dict(), meta)
 
 
@@ -308,7 +309,7 @@ def steps_part(setup: Setup, device: torch.device, workdir: Path, data_root: Pat
         out = workdir / f"trainer_{method}_{label}"
         metrics = train(trainer_config(setup, method, data_root, teacher, out, device, epochs, logits_bank))
         ms = history_ms_per_step(out / "history.csv", setup.steps_per_epoch)
-        rows.append({"loop": f"trainer ({metrics['precision']}, compile {metrics['compile']})",
+        rows.append({"loop": f"trainer ({metrics.precision}, compile {metrics.compile})",
                      "teacher": label, "method": method, "ms_per_step": ms})
         save("speed", rows)
         print(f"trainer {method} ({label}): {ms:.1f} ms/step", flush=True)

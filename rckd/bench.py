@@ -25,9 +25,10 @@ import onnxruntime as ort
 import torch
 
 from rckd import models
-from rckd.deploy import CPU, CUDA, TENSORRT, ModelInfo, open_session, read_info, usable_providers
+from rckd.deploy import CPU, CUDA, TENSORRT, open_session, read_info, usable_providers
 from rckd.errors import RckdError
 from rckd.io import atomic_path, write_csv
+from rckd.records import ModelInfo
 
 SLICE_SECONDS = 0.05  # each engine runs this long per round before the next engine's turn
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")

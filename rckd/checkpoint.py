@@ -15,13 +15,7 @@ from torch import nn
 
 from rckd.errors import RckdError
 from rckd.io import atomic_path
-
-# Keys every model.pt carries in its "meta" dict.
-META_KEYS = (
-    "arch", "num_classes", "in_channels", "input_size", "dataset", "data_options", "mean", "std", "classes",
-    "method", "params", "teacher", "teacher_arch", "seed", "epochs", "final_top1", "best_top1",
-    "best_epoch", "rckd_version",
-)
+from rckd.records import ModelMeta
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
@@ -44,26 +38,23 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         ) from None
 
 
-def save_model(path: str | os.PathLike, weights: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def save_model(path: str | os.PathLike, weights: Mapping[str, torch.Tensor], meta: ModelMeta) -> None:
     """A model file of `weights` (a state_dict) and its metadata."""
-    missing = [key for key in META_KEYS if key not in meta]
-    if missing:
-        raise ValueError(f"model metadata lacks {missing}")
     state = {name: tensor.detach().cpu() for name, tensor in weights.items()}
-    save_torch(path, {"state_dict": state, "meta": dict(meta)})
+    save_torch(path, {"state_dict": state, "meta": meta.to_dict()})
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
     """Rebuild the architecture named in the metadata and load its weights, in eval mode."""
     from rckd import models
 
     payload = load_torch(path, "model")
     if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
         raise RckdError(f"{path} is not an rckd model file (no state_dict/meta); rerun its training rule")
-    meta = payload["meta"]
-    model = models.build(meta["arch"], num_classes=meta["num_classes"], in_channels=meta["in_channels"])
+    meta = ModelMeta.from_dict(payload["meta"], path)
+    model = models.build(meta.arch, num_classes=meta.num_classes, in_channels=meta.in_channels)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as err:
-        raise RckdError(f"{path}: weights do not fit arch {meta['arch']!r}: {str(err)[:300]}") from None
+        raise RckdError(f"{path}: weights do not fit arch {meta.arch!r}: {str(err)[:300]}") from None
     return model.to(device).eval(), meta

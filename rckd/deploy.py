@@ -15,8 +15,8 @@ import glob
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
@@ -25,8 +25,7 @@ import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
 from rckd.errors import RckdError
-
-METADATA_PREFIX = "rckd."
+from rckd.records import ModelInfo
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -36,93 +35,6 @@ TENSORRT = "TensorrtExecutionProvider"
 CONVERTIBLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
-
-
-def _is_integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_text(value: Any) -> bool:
-    return isinstance(value, str)
-
-
-def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda value: isinstance(value, list) and all(check(item) for item in value)
-
-
-# What each rckd.* metadata value must decode to: (check, description for the error message).
-_METADATA_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "num_classes": (_is_integer, "an integer"),
-    "classes": (_list_of(_is_text), "a list of strings"),
-    "input_shape": (_list_of(_is_integer), "a list of integers"),
-    "mean": (_list_of(_is_number), "a list of numbers"),
-    "std": (_list_of(_is_number), "a list of numbers"),
-    "params": (lambda value: isinstance(value, dict), "an object"),
-    "teacher": (lambda value: value is None or isinstance(value, str), "a string or null"),
-    "teacher_arch": (lambda value: value is None or isinstance(value, str), "a string or null"),
-    **{name: (_is_number, "a number") for name in ("top1", "fp32_top1", "torch_top1")},
-    **{name: (_is_text, "a string") for name in ("arch", "dataset", "method", "precision", "rckd_version")},
-}
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """The `rckd.*` metadata of an exported model; each value is stored as JSON under `rckd.<field>`."""
-
-    arch: str
-    dataset: str
-    num_classes: int
-    classes: list[str]
-    input_shape: list[int]  # [C, H, W] of one image
-    mean: list[float]  # per channel, [0, 1] pixel units
-    std: list[float]
-    method: str
-    params: dict[str, Any]
-    teacher: str | None
-    teacher_arch: str | None
-    precision: str  # "fp32" or "int8"
-    top1: float  # this file's top-1 (%) on the data set's test split, measured at export
-    fp32_top1: float  # the fp32 ONNX model's top-1 (equal to top1 for the fp32 file)
-    torch_top1: float  # the PyTorch model's top-1 on the same images
-    rckd_version: str
-
-    def to_metadata(self) -> dict[str, str]:
-        return {METADATA_PREFIX + key: json.dumps(value) for key, value in asdict(self).items()}
-
-    @classmethod
-    def from_metadata(cls, props: Mapping[str, str], source: str) -> ModelInfo:
-        names = [field.name for field in fields(cls)]
-        missing = [name for name in names if METADATA_PREFIX + name not in props]
-        if len(missing) == len(names):
-            raise RckdError(
-                f"{source} has no rckd metadata (no '{METADATA_PREFIX}*' keys): it was not written by "
-                "`rckd export`; export the trained model.pt with `rckd export`"
-            )
-        if missing:
-            raise RckdError(f"{source}: rckd metadata lacks {missing}; re-export it with `rckd export`")
-        try:
-            values = {name: json.loads(props[METADATA_PREFIX + name]) for name in names}
-        except json.JSONDecodeError as err:
-            raise RckdError(f"{source}: rckd metadata is not valid JSON ({err}); re-export it") from None
-        wrong = [f"{name} is {props[METADATA_PREFIX + name]} (expected {expected})"
-                 for name, (check, expected) in _METADATA_TYPES.items() if not check(values[name])]
-        if wrong:
-            raise RckdError(f"{source}: rckd metadata of the wrong type: {'; '.join(wrong)}; "
-                            "re-export it with `rckd export`")
-        info = cls(**values)
-        channels = info.input_shape[0] if len(info.input_shape) == 3 else None
-        if channels not in (1, 3) or len(info.mean) != channels or len(info.std) != channels:
-            raise RckdError(
-                f"{source}: inconsistent rckd metadata (input_shape {info.input_shape}, mean {info.mean}, "
-                f"std {info.std}); re-export it with `rckd export`"
-            )
-        if len(info.classes) != info.num_classes:
-            raise RckdError(f"{source}: {len(info.classes)} class names for {info.num_classes} classes")
-        return info
 
 
 @dataclass(frozen=True)

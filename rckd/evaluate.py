@@ -21,53 +21,52 @@ from rckd.device import add_threads_argument, set_threads
 from rckd.errors import RckdError
 from rckd.gpu import claim_device
 from rckd.inference import check_fits, split_logits
-from rckd.io import write_json
+from rckd.records import BestScores, EvalRecord, ModelMeta
 
 FALLBACK_TEMPERATURE = 4.0  # for methods without a temperature (e.g. a `ce` model compared to a teacher)
 ECE_BINS = 15
 
 
-def fidelity_temperature(meta: dict[str, Any]) -> float:
+def fidelity_temperature(meta: ModelMeta) -> float:
     """The distillation temperature of the student's own method, or FALLBACK_TEMPERATURE without one."""
-    temperature = losses.build(meta["method"], **meta["params"]).temperature
+    temperature = losses.build(meta.method, **meta.params).temperature
     return FALLBACK_TEMPERATURE if temperature is None else float(temperature)
 
 
 @torch.no_grad()
 def evaluate(model_path: Path, data_root: Path, teacher_path: Path | None = None, device: str = "auto",
              batch_size: int = 1000, data_options: dict[str, Any] | None = None, gpu_slots: int = 0,
-             workers: int = 0, best_path: Path | None = None) -> dict[str, Any]:
+             workers: int = 0, best_path: Path | None = None) -> EvalRecord:
     """The eval.json record for one model (and its teacher, when given); with `best_path` (the run's
     best.pt), the same metrics of the best epoch's weights under "best"."""
     if batch_size < 1:
         raise RckdError(f"--batch-size must be positive, got {batch_size}")
     target_device, _slot = claim_device(device, gpu_slots)  # the slot is held while `_slot` lives
     model, meta = load_model(model_path, target_device)
-    split = data.load(meta["dataset"], data_root, "test", **(data_options or {}))
-    check_fits(model_path, meta, meta["dataset"], data_options or {}, split)
+    split = data.load(meta.dataset, data_root, "test", **(data_options or {}))
+    check_fits(model_path, meta, meta.dataset, data_options or {}, split)
     labels = split.labels.to(target_device)
-    record: dict[str, Any] = {
-        "model": str(model_path), "arch": meta["arch"], "dataset": meta["dataset"], "method": meta["method"],
-        "params": meta["params"], "seed": meta["seed"], "num_test": len(labels), "ece_bins": ECE_BINS,
-        "device": str(target_device), "teacher": None,
-    }
-    teacher_logits = None
+    teacher_logits, against_teacher = None, {}
     if teacher_path is not None:
         teacher, teacher_meta = load_model(teacher_path, target_device)
-        check_fits(teacher_path, teacher_meta, meta["dataset"], data_options or {}, split)
+        check_fits(teacher_path, teacher_meta, meta.dataset, data_options or {}, split)
         teacher_logits = split_logits(teacher, split, batch_size, workers=workers)
-        record.update(teacher=str(teacher_path), teacher_arch=teacher_meta["arch"],
-                      temperature=fidelity_temperature(meta),
-                      teacher_top1=metrics.topk_accuracy(teacher_logits, labels, ks=(1,))["top1"].item())
+        against_teacher = dict(teacher_arch=teacher_meta.arch, temperature=fidelity_temperature(meta),
+                               teacher_top1=metrics.topk_accuracy(teacher_logits, labels, ks=(1,))["top1"].item())
     scores = functools.partial(_scores, split=split, labels=labels, teacher_logits=teacher_logits,
-                               temperature=record.get("temperature"), batch_size=batch_size, workers=workers)
-    record.update(scores(model))
+                               temperature=against_teacher.get("temperature"), batch_size=batch_size,
+                               workers=workers)
+    best = None
     if best_path is not None:
-        best, best_meta = load_model(best_path, target_device)
-        if best_meta["arch"] != meta["arch"] or best_meta["seed"] != meta["seed"]:
+        best_model, best_meta = load_model(best_path, target_device)
+        if best_meta.arch != meta.arch or best_meta.seed != meta.seed:
             raise RckdError(f"{best_path} is not the best epoch of {model_path} (another arch or seed)")
-        record["best"] = {"model": str(best_path), "epoch": best_meta["best_epoch"], **scores(best)}
-    return record
+        best = BestScores(model=str(best_path), epoch=best_meta.best_epoch, **scores(best_model))
+    return EvalRecord(
+        model=str(model_path), arch=meta.arch, dataset=meta.dataset, method=meta.method, params=meta.params,
+        seed=meta.seed, num_test=len(labels), ece_bins=ECE_BINS, device=str(target_device),
+        teacher=None if teacher_path is None else str(teacher_path), **against_teacher, **scores(model), best=best,
+    )
 
 
 def _scores(model: torch.nn.Module, split: data.Split | data.FileSplit, labels: torch.Tensor,
@@ -105,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     record = evaluate(args.model, args.data_root, args.teacher, args.device, args.batch_size,
                       dict(args.data_option), args.gpu_slots, args.workers, args.best)
-    write_json(args.out, record)
-    summary = f"top1={record['top1']:.2f} top5={record['top5']:.2f} nll={record['nll']:.4f} ece={record['ece']:.4f}"
-    if record["teacher"] is not None:
-        summary += f" agreement={record['agreement']:.2f} tau_nt={record['tau_nt']:.4f}"
+    record.write(args.out)
+    summary = f"top1={record.top1:.2f} top5={record.top5:.2f} nll={record.nll:.4f} ece={record.ece:.4f}"
+    if record.teacher is not None:
+        summary += f" agreement={record.agreement:.2f} tau_nt={record.tau_nt:.4f}"
     print(f"{args.out}: {summary}", flush=True)
     return 0

@@ -5,7 +5,7 @@ The graph is traced in eval mode with a symbolic batch axis, checked with `onnx.
 model: the file is written only when the largest logit difference is at most `ATOL` and the
 top-1 predictions agree on at least `MIN_AGREEMENT` % of the images. Optionally a static INT8
 (QDQ) copy is calibrated on training images and its test top-1 is measured.
-Both files carry `rckd.*` metadata (rckd.deploy.ModelInfo), all a consumer needs.
+Both files carry `rckd.*` metadata (rckd.records.ModelInfo), all a consumer needs.
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ from rckd import __version__, data
 from rckd.checkpoint import load_model
 from rckd.data.augment import normalize
 from rckd.data.options import add_data_option_argument
-from rckd.deploy import CPU, METADATA_PREFIX, ModelInfo, open_session
+from rckd.deploy import CPU, open_session
 from rckd.device import add_threads_argument, set_threads
 from rckd.errors import RckdError
 from rckd.inference import check_fits
 from rckd.io import atomic_path, write_json
 from rckd.metrics import topk_accuracy
+from rckd.records import METADATA_PREFIX, ModelInfo, ModelMeta
 
 OPSET = 17
 ATOL = 1e-4  # largest allowed |onnxruntime - torch| logit difference (fp32), per unit of logit scale
@@ -210,28 +211,23 @@ def _write_onnx(path: Path, proto: onnx.ModelProto) -> int:
     return len(data)
 
 
-def export(model: nn.Module, meta: dict[str, Any], test_images: torch.Tensor, test_labels: torch.Tensor,
+def export(model: nn.Module, meta: ModelMeta, test_images: torch.Tensor, test_labels: torch.Tensor,
            out: str | Path, *, int8_out: str | Path | None = None,
            calibration_images: torch.Tensor | None = None, threads: int | None = None) -> dict[str, Any]:
     """Export, gate, write `out` (and `int8_out`); returns the export report.
 
     Images are normalised float32 [N, C, H, W] exactly as the model saw them in training;
-    `meta` holds the checkpoint.META_KEYS of the model; `threads` sets the onnxruntime sessions
+    `meta` is the model's metadata (model.pt's); `threads` sets the onnxruntime sessions
     that check the files (None: onnxruntime's default).
     """
     if int8_out is not None and calibration_images is None:
         raise ValueError("int8 export needs calibration images")
-    fp32 = to_onnx(model, meta["input_size"])
+    fp32 = to_onnx(model, meta.input_size)
     fp32_logits = onnx_logits(fp32.SerializeToString(), test_images.numpy(), threads=threads)
     parity = compare(fp32_logits, torch_logits(model, test_images), test_labels)
-    check_parity(parity, meta["arch"])
-    info = ModelInfo(
-        arch=meta["arch"], dataset=meta["dataset"], num_classes=meta["num_classes"],
-        classes=list(meta["classes"]), input_shape=list(meta["input_size"]), mean=list(meta["mean"]),
-        std=list(meta["std"]), method=meta["method"], params=dict(meta["params"]), teacher=meta["teacher"],
-        teacher_arch=meta["teacher_arch"], precision="fp32", top1=parity.onnx_top1, fp32_top1=parity.onnx_top1,
-        torch_top1=parity.torch_top1, rckd_version=__version__,
-    )
+    check_parity(parity, meta.arch)
+    info = ModelInfo.from_meta(meta, precision="fp32", top1=parity.onnx_top1, fp32_top1=parity.onnx_top1,
+                               torch_top1=parity.torch_top1, rckd_version=__version__)
     report: dict[str, Any] = {
         "arch": info.arch, "dataset": info.dataset, "method": info.method, "params": info.params,
         "teacher": info.teacher, "teacher_arch": info.teacher_arch, "opset": OPSET, "test_images": parity.images,
@@ -277,16 +273,16 @@ def run(args: argparse.Namespace) -> int:
         raise RckdError(f"--test-images must be 0 (all) or positive, got {args.test_images}")
     model, meta = load_model(args.model)
     options = dict(args.data_option)
-    splits = data.load_splits(meta["dataset"], args.data_root, **options)
+    splits = data.load_splits(meta.dataset, args.data_root, **options)
     test = splits["test"]
-    check_fits(args.model, meta, meta["dataset"], options, test)
+    check_fits(args.model, meta, meta.dataset, options, test)
     calibration = None
     if args.int8_out is not None:
         train = splits["train"]
         chosen = train.eval_images(fixed_subset(len(train), args.calibration_size))
-        calibration = normalize(chosen, meta["mean"], meta["std"])
+        calibration = normalize(chosen, meta.mean, meta.std)
     checked = fixed_subset(len(test), args.test_images)
-    report = export(model, meta, normalize(test.eval_images(checked), meta["mean"], meta["std"]), test.labels[checked],
+    report = export(model, meta, normalize(test.eval_images(checked), meta.mean, meta.std), test.labels[checked],
                     args.out,
                     int8_out=args.int8_out, calibration_images=calibration, threads=args.threads or None)
     report["model"] = str(args.model)

@@ -15,6 +15,7 @@ from rckd.data.imagefolder import FileSplit
 from rckd.data.options import resolve_options
 from rckd.data.split import Split
 from rckd.errors import RckdError
+from rckd.records import ModelMeta
 
 
 @torch.no_grad()
@@ -38,13 +39,13 @@ def split_logits(model: nn.Module, split: Split | FileSplit, batch_size: int, in
     return predict_logits(model, images.to(device), split.mean, split.std, batch_size, channels_last)
 
 
-def check_fits(path: str | Path, meta: dict[str, Any], dataset: str, data_options: dict[str, Any],
+def check_fits(path: str | Path, meta: ModelMeta, dataset: str, data_options: dict[str, Any],
                split: Split | FileSplit) -> None:
     """Refuse a model file trained on other data: data set, its options, classes and image shape."""
     expected = {"dataset": dataset, "data_options": resolve_options(dataset, data_options),
                 "num_classes": len(split.classes), "in_channels": split.input_size[0],
                 "input_size": split.input_size}
-    wrong = {key: meta.get(key) for key, value in expected.items() if meta.get(key) != value}
+    wrong = {key: getattr(meta, key) for key, value in expected.items() if getattr(meta, key) != value}
     if wrong:
         raise RckdError(f"{path} does not fit this data set: it has {wrong}, the data has "
                         f"{ {key: expected[key] for key in wrong} }; use a model trained on {dataset} with these "

@@ -44,6 +44,7 @@ from rckd.inference import check_fits, predict_logits, split_logits
 from rckd.io import write_csv, write_json
 from rckd.losses.catalog import needs_live_teacher, parse_param
 from rckd.metrics import kendall_tau
+from rckd.records import ModelMeta, RunMetrics
 from rckd.spec import COMPILE_MODES, PRECISIONS, RunSpec, digest, read_spec
 
 TAU_SUBSET = 1000  # fixed test images on which the per-epoch rank fidelity to the teacher is logged
@@ -123,7 +124,7 @@ class Session:
     subset: torch.Tensor  # the fixed test images of the rank fidelity (tau_nt)
     subset_images: torch.Tensor  # uint8 test views on the device, for the rank fidelity
     teacher_subset_logits: torch.Tensor | None
-    teacher_meta: dict[str, Any] | None
+    teacher_meta: ModelMeta | None
     classes: list[str]
     params: dict[str, Any]  # the loss parameters, defaults filled in
     used_bank: bool
@@ -132,8 +133,8 @@ class Session:
     best_weights: dict[str, torch.Tensor] | None = None  # host copy of the best test top-1 epoch's (best.pt)
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Train one run into `config.out`; resumes from `resume.pt` there. Returns the metrics dict."""
+def train(config: TrainConfig) -> RunMetrics:
+    """Train one run into `config.out`; resumes from `resume.pt` there. Returns its metrics.json record."""
     session = _setup(config)
     out = Path(config.out)
     start_epoch, history, elapsed, partial = _resume(session, out / "resume.pt")
@@ -436,36 +437,31 @@ def _resume(session: Session, path: Path) -> tuple[int, list, float, dict[str, t
     return state["epoch"], state["history"], state["elapsed"], partial
 
 
-def _finish(session: Session, out: Path, history: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
+def _finish(session: Session, out: Path, history: list[dict[str, Any]], elapsed: float) -> RunMetrics:
     """history.csv, metrics.json, best.pt (the best epoch's weights) and model.pt (the last's), from the
     main process; model.pt last, since it marks the run complete."""
-    config = session.config
-    params = session.params
+    config, test = session.config, session.test
     best = max(history, key=lambda row: row["test_top1"])
-    teacher_arch = session.teacher_meta["arch"] if session.teacher_meta else None
-    summary = {"final_top1": history[-1]["test_top1"], "best_top1": best["test_top1"], "best_epoch": best["epoch"]}
-    metrics = {
-        "arch": config.arch, "dataset": config.dataset, "method": config.method, "params": params,
-        "teacher": str(config.teacher) if config.teacher else None, "teacher_arch": teacher_arch,
-        "teacher_bank": session.used_bank, "seed": config.seed, "epochs": config.epochs,
-        "num_params": sum(p.numel() for p in session.student.parameters()), **summary,
-        "wall_seconds": round(elapsed, 2), "device": str(session.device), "precision": session.precision,
-        "compile": session.compile_mode, "processes": session.group.world, "spec": session.spec,
-        "spec_hash": session.identity["spec_hash"],
-    }
-    test = session.test
-    meta = {
-        "arch": config.arch, "num_classes": len(session.classes), "in_channels": test.input_size[0],
-        "input_size": test.input_size, "dataset": config.dataset,
-        "data_options": resolve_options(config.dataset, config.data_options), "mean": list(test.mean),
-        "std": list(test.std), "classes": session.classes, "method": config.method, "params": params,
-        "teacher": metrics["teacher"], "teacher_arch": teacher_arch, "seed": config.seed, "epochs": config.epochs,
-        **summary, "rckd_version": __version__,
-    }
+    run = dict(arch=config.arch, dataset=config.dataset, method=config.method, params=session.params,
+               teacher=str(config.teacher) if config.teacher else None,
+               teacher_arch=session.teacher_meta.arch if session.teacher_meta else None, seed=config.seed,
+               epochs=config.epochs, final_top1=history[-1]["test_top1"], best_top1=best["test_top1"],
+               best_epoch=best["epoch"])
+    metrics = RunMetrics(
+        **run, teacher_bank=session.used_bank, num_params=sum(p.numel() for p in session.student.parameters()),
+        wall_seconds=round(elapsed, 2), device=str(session.device), precision=session.precision,
+        compile=session.compile_mode, processes=session.group.world, spec=session.spec,
+        spec_hash=session.identity["spec_hash"],
+    )
+    meta = ModelMeta(
+        **run, num_classes=len(session.classes), in_channels=test.input_size[0], input_size=test.input_size,
+        data_options=resolve_options(config.dataset, config.data_options), mean=list(test.mean),
+        std=list(test.std), classes=session.classes, rckd_version=__version__,
+    )
     if not session.group.main:
         return metrics
     write_csv(out / "history.csv", history)
-    write_json(out / "metrics.json", metrics)
+    metrics.write(out / "metrics.json")
     save_model(out / "best.pt", session.best_weights, meta)
     save_model(out / "model.pt", session.student.state_dict(), meta)
     (out / "resume.pt").unlink(missing_ok=True)  # the finished run no longer needs it (2-3x the weights)
@@ -580,6 +576,6 @@ def run(args: argparse.Namespace) -> int:
         distributed.leave()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # the main process reports
-    print(f"done: {config.out} best_top1={metrics['best_top1']:.2f} final_top1={metrics['final_top1']:.2f} "
-          f"({metrics['wall_seconds']:.1f}s)", flush=True)
+    print(f"done: {config.out} best_top1={metrics.best_top1:.2f} final_top1={metrics.final_top1:.2f} "
+          f"({metrics.wall_seconds:.1f}s)", flush=True)
     return 0

@@ -1,19 +1,29 @@
-"""Shared test setup: one torch thread for the whole session, and tiny models exported to ONNX.
+"""Shared test setup: one torch thread for the whole session, the session's synthetic data, trained
+teacher and trained student, and tiny models exported to ONNX.
 
-Import the helpers with `from conftest import ...` (pytest puts tests/ on sys.path).
+The session fixtures are built once per test session, also under pytest-xdist: the first worker to
+ask builds under a file lock in the directory all workers share, the others wait and reuse it. They
+are read-only for the tests (write into tmp_path, never into a fixture's directory).
+Import its functions with `from conftest import ...`, and the run-config builder, the CSV and history
+readers and the Snakemake call with `from helpers import ...` (pytest puts tests/ on sys.path).
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import SYNTHETIC, run_config
 from torch import nn
 
-from rckd import models
+from rckd import __version__, data, models
 from rckd.data.augment import normalize
-from rckd.export import export
+from rckd.records import ModelMeta
+from rckd.train import train
 
 SIZE = 16  # every architecture maps any image size to logits; 16x16 keeps tracing and checking fast
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
@@ -27,6 +37,66 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's temporary directory; under xdist the one above every worker's own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _built_once(directory: Path, build: Callable[[Path], None], marker: str) -> Path:
+    """`directory`, built by `build(directory)` unless its `marker` file exists; a file lock makes
+    concurrent workers wait for the one that builds it."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{directory.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (directory / marker).exists():
+            build(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory) -> Callable[[dict], Path]:
+    """`synthetic_cache(options)`: a data root holding the prepared synthetic data set of `options`,
+    one per distinct options for the whole session."""
+    shared = _shared_dir(tmp_path_factory) / "synthetic"
+
+    def root(options: dict) -> Path:
+        name = "-".join(f"{key}={value}" for key, value in sorted(options.items())) or "defaults"
+        return _built_once(shared / name, lambda where: data.prepare_cache("synthetic", where, **options),
+                           "synthetic.pt")
+
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(synthetic_cache) -> Path:
+    """The data root of the shared synthetic data set (helpers.SYNTHETIC)."""
+    return synthetic_cache(SYNTHETIC)
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(synthetic_root, tmp_path_factory) -> Path:
+    """model.pt of a resnet14 trained for 6 epochs (lr decay after 5) on helpers.SYNTHETIC, in its run
+    directory (history.csv, metrics.json, best.pt, spec.json)."""
+
+    def build(out: Path) -> None:
+        train(run_config(synthetic_root, out, arch="resnet14", epochs=6, milestones=(5,), tensorboard=False))
+
+    return _built_once(_shared_dir(tmp_path_factory) / "teacher", build, "model.pt") / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def trained_student(synthetic_root, trained_teacher, tmp_path_factory) -> Path:
+    """model.pt of a resnet8 distilled from `trained_teacher` with kd (default parameters) for 4 epochs
+    (lr decay after 3) on helpers.SYNTHETIC, in its run directory."""
+
+    def build(out: Path) -> None:
+        train(run_config(synthetic_root, out, method="kd", teacher=trained_teacher, epochs=4, milestones=(3,),
+                         tensorboard=False))
+
+    return _built_once(_shared_dir(tmp_path_factory) / "student", build, "model.pt") / "model.pt"
 
 
 def random_images(count: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
@@ -55,14 +125,15 @@ def settle_batchnorm(model: nn.Module, images: torch.Tensor) -> nn.Module:
 
 def toy_meta(arch: str, classes: list[str], channels: int = 3, method: str = "rckd",
              params: dict | None = None, teacher: str | None = "runs/t/model.pt",
-             teacher_arch: str | None = "resnet32x4") -> dict:
-    """The checkpoint metadata `rckd.export.export` needs, for SIZE x SIZE images."""
-    return {
-        "arch": arch, "num_classes": len(classes), "in_channels": channels, "input_size": [channels, SIZE, SIZE],
-        "dataset": "synthetic", "mean": MEAN[:channels], "std": STD[:channels], "classes": list(classes),
-        "method": method, "params": {"beta": 2.0} if params is None else params, "teacher": teacher,
-        "teacher_arch": teacher_arch,
-    }
+             teacher_arch: str | None = "resnet32x4") -> ModelMeta:
+    """The metadata of a model trained for SIZE x SIZE images (what `rckd.export.export` needs)."""
+    return ModelMeta(
+        arch=arch, num_classes=len(classes), in_channels=channels, input_size=[channels, SIZE, SIZE],
+        dataset="synthetic", data_options={}, mean=MEAN[:channels], std=STD[:channels], classes=list(classes),
+        method=method, params={"beta": 2.0} if params is None else params, teacher=teacher,
+        teacher_arch=teacher_arch, seed=0, epochs=1, final_top1=None, best_top1=None, best_epoch=None,
+        rckd_version=__version__,
+    )
 
 
 def tiny_model(arch: str, num_classes: int, channels: int = 3) -> nn.Module:
@@ -75,8 +146,10 @@ def tiny_model(arch: str, num_classes: int, channels: int = 3) -> nn.Module:
 def export_tiny(out: Path, meta: dict, *, int8: bool = False) -> tuple[nn.Module, Path]:
     """tiny_model(meta's arch) exported to `out` (and `out`'s X.int8.onnx sibling with int8), gated on
     16 random test images; returns the PyTorch model and `out`."""
-    channels, classes = meta["input_size"][0], meta["num_classes"]
-    model = tiny_model(meta["arch"], classes, channels)
+    from rckd.export import export  # here: onnx is not needed by the CUDA tests' bare GPU machine
+
+    channels, classes = meta.input_size[0], meta.num_classes
+    model = tiny_model(meta.arch, classes, channels)
     images = normalized(random_images(16, channels))
     int8_out = out.with_name(out.name.removesuffix(".onnx") + ".int8.onnx") if int8 else None
     calibration = normalized(random_images(16, channels, seed=2)) if int8 else None

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import option_args, read_history, run_config
 
 from rckd import bank, data
 from rckd.checkpoint import load_model, load_torch
@@ -18,26 +18,23 @@ from rckd.train import TrainConfig, train
 
 OPTIONS = {"num_superclasses": 3, "classes_per_superclass": 3, "train_per_class": 12, "test_per_class": 6,
            "image_size": 16, "seed": 0}
-OPTION_ARGS = [arg for key, value in OPTIONS.items() for arg in ("--data-option", f"{key}={value}")]
+OPTION_ARGS = option_args(OPTIONS)
 PADDING = crop_padding("synthetic", OPTIONS)  # 16x16 images: 2 pixels, 5 x 5 offsets x 2 flips = 50 views
 
 
 def config(root: Path, out: Path, **changes) -> TrainConfig:
-    settings = dict(arch="resnet8", dataset="synthetic", data_root=root, out=out, data_options=OPTIONS, epochs=2,
-                    milestones=(1,), batch_size=16, device="cpu", checkpoint_every=1)
-    return TrainConfig(**{**settings, **changes})
+    return run_config(root, out, OPTIONS, **{"batch_size": 16, **changes})
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """(data root, teacher model.pt, its bank)."""
-    root = tmp_path_factory.mktemp("bank")
-    data.prepare_cache("synthetic", root / "data", **OPTIONS)
-    train(config(root / "data", root / "teacher", arch="resnet14", epochs=3))
-    teacher = root / "teacher" / "model.pt"
-    assert cli(["bank", "--teacher", str(teacher), "--dataset", "synthetic", "--data-root", str(root / "data"),
-                *OPTION_ARGS, "--out", str(root / "teacher" / "bank.pt"), "--device", "cpu", "--batch-size", "40"]) == 0
-    return root / "data", teacher, root / "teacher" / "bank.pt"
+def setup(synthetic_cache, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(data root, teacher model.pt, its bank): a teacher of 9 classes, whose bank of every view is small."""
+    root, out = synthetic_cache(OPTIONS), tmp_path_factory.mktemp("bank")
+    train(config(root, out / "teacher", arch="resnet14", epochs=3))
+    teacher = out / "teacher" / "model.pt"
+    assert cli(["bank", "--teacher", str(teacher), "--dataset", "synthetic", "--data-root", str(root),
+                *OPTION_ARGS, "--out", str(out / "bank.pt"), "--device", "cpu", "--batch-size", "40"]) == 0
+    return root, teacher, out / "bank.pt"
 
 
 def test_bank_holds_the_teachers_fp32_logits_of_every_view(setup):
@@ -72,11 +69,6 @@ def test_lookup_serves_each_batch_its_views(setup):
     torch.testing.assert_close(served, live, rtol=2**-11, atol=1e-6)
 
 
-def read_history(run: Path) -> list[dict[str, str]]:
-    with open(run / "history.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 # A tamer RCKD weight than the default (effective 80) keeps this tiny student out of the chaotic regime
 # where any perturbation, float16 rounding included, grows from step to step.
 @pytest.mark.parametrize("method, params", [("kd", {}), ("rckd", {"rc": 0.5})])
@@ -85,7 +77,7 @@ def test_distilling_from_the_bank_matches_the_live_teacher(setup, tmp_path, meth
     common = dict(method=method, params=params, teacher=teacher, epochs=3, lr=0.01)
     live = train(config(root, tmp_path / "live", **common))
     banked = train(config(root, tmp_path / "bank", teacher_bank=bank_path, **common))
-    assert (live["teacher_bank"], banked["teacher_bank"]) == (False, True)
+    assert (live.teacher_bank, banked.teacher_bank) == (False, True)
     for row_live, row_bank in zip(read_history(tmp_path / "live"), read_history(tmp_path / "bank")):
         for key in row_live:
             if key.startswith("loss_"):  # float16 soft targets move a loss by its rounding, not more
@@ -126,7 +118,7 @@ def test_bank_fallback_runs_the_teacher_live_when_the_bank_does_not_fit(setup, t
     monkeypatch.setattr(bank, "fits_in_memory", lambda size, device: (False, f"teacher bank of {size} B does not fit"))
     metrics = train(config(root, tmp_path, method="kd", teacher=teacher, teacher_bank=bank_path, bank_fallback=True,
                            epochs=1))
-    assert metrics["teacher_bank"] is False
+    assert metrics.teacher_bank is False
     assert "does not fit: running the teacher live instead" in capsys.readouterr().out
 
 

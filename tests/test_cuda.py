@@ -6,36 +6,25 @@ GPU shows: CUDA-graph capture, bf16 numerics of the compiled step, and onnxrunti
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import SYNTHETIC, read_history, run_config
 
-from rckd import data
 from rckd.train import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh)")
-OPTIONS = {"num_superclasses": 5, "classes_per_superclass": 4, "train_per_class": 64, "test_per_class": 20, "seed": 0}
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("cuda")
-    data.prepare_cache("synthetic", root / "data", **OPTIONS)
-    train(config(root / "data", root / "teacher", arch="resnet14", epochs=2, precision="fp32", compile="none"))
-    return root / "data", root / "teacher" / "model.pt"
+@pytest.fixture
+def setup(synthetic_root, trained_teacher) -> tuple[Path, Path]:
+    """(data root, teacher model.pt): the session's, trained on the CPU."""
+    return synthetic_root, trained_teacher
 
 
 def config(root: Path, out: Path, **changes) -> TrainConfig:
-    settings = dict(arch="resnet8", dataset="synthetic", data_root=root, out=out, data_options=OPTIONS, epochs=2,
-                    milestones=(1,), device="cuda", checkpoint_every=5, tensorboard=False)
-    return TrainConfig(**{**settings, **changes})
-
-
-def history(run: Path) -> list[dict[str, str]]:
-    with open(run / "history.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
+    return run_config(root, out, device="cuda", checkpoint_every=5, tensorboard=False, **changes)
 
 
 def test_the_compiled_step_skips_no_cuda_graph(setup, tmp_path):
@@ -45,7 +34,7 @@ def test_the_compiled_step_skips_no_cuda_graph(setup, tmp_path):
     counters.clear()
     metrics = train(config(root, tmp_path, method="rckd", teacher=teacher, precision="bf16",
                            compile="reduce-overhead"))
-    assert metrics["compile"] == "reduce-overhead" and metrics["precision"] == "bf16"
+    assert metrics.compile == "reduce-overhead" and metrics.precision == "bf16"
     assert not counters["inductor"].get("cudagraph_skips"), dict(counters["inductor"])
 
 
@@ -55,23 +44,23 @@ def test_bf16_compiled_steps_track_fp32_eager(setup, tmp_path, method):
     fast = train(config(root, tmp_path / "fast", method=method, teacher=teacher, precision="bf16",
                         compile="reduce-overhead"))
     exact = train(config(root, tmp_path / "exact", method=method, teacher=teacher, precision="fp32", compile="none"))
-    for row_fast, row_exact in zip(history(tmp_path / "fast"), history(tmp_path / "exact")):
+    for row_fast, row_exact in zip(read_history(tmp_path / "fast"), read_history(tmp_path / "exact")):
         for key in row_fast:
             if key.startswith("loss_"):
                 assert float(row_fast[key]) == pytest.approx(float(row_exact[key]), rel=0.05, abs=0.05), key
-    assert abs(fast["final_top1"] - exact["final_top1"]) <= 10
+    assert abs(fast.final_top1 - exact.final_top1) <= 10
 
 
 def test_the_bank_serves_the_same_training_on_cuda(setup, tmp_path):
     from rckd import bank
 
     root, teacher = setup
-    bank.build(teacher, "synthetic", root, OPTIONS, tmp_path / "bank.pt", "cuda")
+    bank.build(teacher, "synthetic", root, SYNTHETIC, tmp_path / "bank.pt", "cuda")
     banked = train(config(root, tmp_path / "banked", method="kd", teacher=teacher, teacher_bank=tmp_path / "bank.pt",
                           precision="fp32", compile="none"))
     live = train(config(root, tmp_path / "live", method="kd", teacher=teacher, precision="fp32", compile="none"))
-    assert banked["teacher_bank"] and not live["teacher_bank"]
-    for row_bank, row_live in zip(history(tmp_path / "banked"), history(tmp_path / "live")):
+    assert banked.teacher_bank and not live.teacher_bank
+    for row_bank, row_live in zip(read_history(tmp_path / "banked"), read_history(tmp_path / "live")):
         assert float(row_bank["loss_kd"]) == pytest.approx(float(row_live["loss_kd"]), rel=1e-2)
 
 

@@ -181,7 +181,7 @@ def test_bad_model_files_raise_clear_errors(rgb, tmp_path):
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
     onnx.save(proto, tmp_path / "partial.onnx")
-    with pytest.raises(RckdError, match=r"lacks \['classes'\]"):
+    with pytest.raises(RckdError, match=r"partial.onnx: rckd metadata with key 'classes' missing"):
         OnnxClassifier(tmp_path / "partial.onnx")
     with pytest.raises(RckdError, match="top_k must be at least 1"):
         OnnxClassifier(path).predict(pixels(0), top_k=0)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import read_history
 
 from rckd import data
 from rckd.data import imagefolder
@@ -63,11 +64,6 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-def _history(path: Path) -> list[dict[str, str]]:
-    lines = path.read_text().splitlines()
-    return [dict(zip(lines[0].split(","), line.split(","))) for line in lines[1:]]
-
-
 def test_two_processes_train_exactly_like_one_with_the_same_total_batch(root, tmp_path):
     """No BatchNorm (linear_probe): DDP's averaged gradients equal the one-process gradient of the
     total batch, and both see the same images under the same crops, so only float rounding differs."""
@@ -76,7 +72,7 @@ def test_two_processes_train_exactly_like_one_with_the_same_total_batch(root, tm
     one, two = _weights(tmp_path / "one" / "model.pt"), _weights(tmp_path / "two" / "model.pt")
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-6)
-    for row_one, row_two in zip(_history(tmp_path / "one" / "history.csv"), _history(tmp_path / "two" / "history.csv")):
+    for row_one, row_two in zip(read_history(tmp_path / "one"), read_history(tmp_path / "two")):
         assert abs(float(row_one["loss_ce"]) - float(row_two["loss_ce"])) < 1e-5
         assert row_one["train_top1"] == row_two["train_top1"] and row_one["test_top1"] == row_two["test_top1"]
 
@@ -97,9 +93,9 @@ def test_data_parallel_distillation_writes_once_and_reports_the_whole_test_set(r
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["teacher_arch"] == "resnet8"
     record = evaluate(out / "model.pt", root, data_options=OPTIONS, device="cpu")
-    assert record["num_test"] == 36
-    assert float(_history(out / "history.csv")[-1]["test_top1"]) == pytest.approx(record["top1"], abs=1e-3)
-    assert metrics["final_top1"] == pytest.approx(record["top1"], abs=1e-3)
+    assert record.num_test == 36
+    assert float(read_history(out)[-1]["test_top1"]) == pytest.approx(record.top1, abs=1e-3)
+    assert metrics["final_top1"] == pytest.approx(record.top1, abs=1e-3)
 
 
 def test_sigterm_to_torchrun_resumes_to_the_same_weights(root, tmp_path):

@@ -11,22 +11,20 @@ import onnx
 import pytest
 import torch
 from conftest import MEAN, SIZE, STD, normalized, random_images, tiny_model, toy_meta
+from helpers import SYNTHETIC, SYNTHETIC_CLASSES, SYNTHETIC_TEST_IMAGES, option_args
 from torch import nn
 
 from rckd import __version__, data, models
 from rckd import export as export_module
 from rckd.checkpoint import load_model
 from rckd.cli import main as cli
-from rckd.deploy import CPU, ModelInfo, open_session, read_info
+from rckd.deploy import CPU, open_session, read_info
 from rckd.errors import RckdError
 from rckd.export import ATOL, check_parity, compare, export, onnx_logits, torch_logits
-from rckd.train import TrainConfig, train
+from rckd.records import ModelInfo
 
 CLASSES = [f"class_{i}" for i in range(10)]
-# 10 easy classes: resnet20 gets well above chance (10%) in 5 CPU epochs of a few seconds.
-OPTIONS = {"num_superclasses": 2, "classes_per_superclass": 5, "train_per_class": 60, "test_per_class": 20,
-           "seed": 0, "difficulty": 0.5}
-OPTION_ARGS = [arg for key, value in OPTIONS.items() for arg in ("--data-option", f"{key}={value}")]
+OPTION_ARGS = option_args(SYNTHETIC)
 
 
 @pytest.fixture(scope="module")
@@ -125,25 +123,21 @@ def test_metadata_round_trip(resnet20, eval_set, tmp_path):
     report = export(resnet20, meta, images, labels, tmp_path / "model.onnx")
     info = read_info(open_session(tmp_path / "model.onnx", [CPU]), "model.onnx")
     assert info == ModelInfo(
-        arch="resnet20", dataset="synthetic", num_classes=10, classes=meta["classes"], input_shape=[3, SIZE, SIZE],
+        arch="resnet20", dataset="synthetic", num_classes=10, classes=meta.classes, input_shape=[3, SIZE, SIZE],
         mean=MEAN, std=STD, method="rckd", params={"beta": 2.0}, teacher="runs/t/model.pt",
         teacher_arch="resnet32x4", precision="fp32", top1=report["fp32_top1"], fp32_top1=report["fp32_top1"],
         torch_top1=report["torch_top1"], rckd_version=__version__,
     )
     props = {p.key: p.value for p in onnx.load(tmp_path / "model.onnx").metadata_props}
-    assert json.loads(props["rckd.classes"]) == meta["classes"]
+    assert json.loads(props["rckd.classes"]) == meta.classes
     assert json.loads(props["rckd.params"]) == {"beta": 2.0}
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """(data root, model.pt) of a resnet20 trained by the real trainer on synthetic data."""
-    root = tmp_path_factory.mktemp("data")
-    data.prepare_cache("synthetic", root, **OPTIONS)
-    run = tmp_path_factory.mktemp("run")
-    train(TrainConfig(arch="resnet20", dataset="synthetic", data_root=root, out=run, data_options=OPTIONS,
-                      epochs=5, milestones=(4,), device="cpu", checkpoint_every=5))
-    return root, run / "model.pt"
+@pytest.fixture
+def trained(synthetic_root, trained_teacher) -> tuple[Path, Path]:
+    """(data root, model.pt) of the session's teacher (resnet14), trained by the real trainer on synthetic
+    data: large enough that int8 weights make the file several times smaller."""
+    return synthetic_root, trained_teacher
 
 
 def test_cli_exports_fp32_and_int8(trained, tmp_path, capsys, monkeypatch):
@@ -164,9 +158,10 @@ def test_cli_exports_fp32_and_int8(trained, tmp_path, capsys, monkeypatch):
     _, meta = load_model(model_pt)
 
     # The ONNX model reproduces the trainer's own test accuracy (same images, same normalisation).
-    assert report["test_images"] == 200 and report["top1_agreement"] == 100.0
-    assert report["fp32_top1"] == report["torch_top1"] == pytest.approx(meta["final_top1"])
-    assert meta["final_top1"] >= 25  # trained: well above the 10% of chance, so int8 accuracy means something
+    assert report["test_images"] == SYNTHETIC_TEST_IMAGES and report["top1_agreement"] == 100.0
+    assert report["fp32_top1"] == report["torch_top1"] == pytest.approx(meta.final_top1)
+    # trained: 5x the accuracy of chance, so int8 accuracy means something
+    assert meta.final_top1 >= 5 * 100 / SYNTHETIC_CLASSES
     assert report["max_abs_diff"] <= ATOL
 
     # int8: measured on the whole test set, close to fp32, about 4x smaller, made of QDQ nodes.
@@ -181,15 +176,14 @@ def test_cli_exports_fp32_and_int8(trained, tmp_path, capsys, monkeypatch):
     fp32_info = read_info(open_session(out, [CPU]), "fp32")
     assert (int8_info.precision, int8_info.top1, int8_info.fp32_top1) == ("int8", report["int8_top1"],
                                                                          report["fp32_top1"])
-    assert fp32_info.classes == meta["classes"] and fp32_info.mean == list(meta["mean"])
+    assert fp32_info.classes == meta.classes and fp32_info.mean == list(meta.mean)
 
 
 def test_cli_refuses_data_the_model_was_not_trained_on(trained, tmp_path, capsys):
     root, model_pt = trained
     other = tmp_path / "other"
-    data.prepare_cache("synthetic", other, **{**OPTIONS, "classes_per_superclass": 3})
-    options = [arg for key, value in {**OPTIONS, "classes_per_superclass": 3}.items()
-               for arg in ("--data-option", f"{key}={value}")]
+    data.prepare_cache("synthetic", other, **{**SYNTHETIC, "classes_per_superclass": 3})
+    options = option_args({**SYNTHETIC, "classes_per_superclass": 3})
     status = cli(["export", "--model", str(model_pt), "--data-root", str(other), *options,
                   "--out", str(tmp_path / "m.onnx"), "--report", str(tmp_path / "export.json")])
     assert status == 2

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT, config_file, planned, workflow_config
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import update_config, validate
 
 from rckd import models
 from rckd.errors import RckdError
@@ -22,27 +21,7 @@ from rckd.plan.kinds import KINDS
 from rckd.spec import COMPILE_MODES, PRECISIONS
 from rckd.teachers import SOURCES
 
-ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-
-
-def merged(*overrides: str | Path) -> dict:
-    """config/config.yaml with each override (a config file or YAML text) merged over it as snakemake's
-    --configfile does, then checked and completed as the workflow does (common.smk)."""
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    for override in overrides:
-        update_config(config, yaml.safe_load(override.read_text() if isinstance(override, Path) else override))
-    check_layout(config)
-    validate(config, str(SCHEMA))
-    return config
-
-
-def planned(*overrides: str | Path):
-    return plan(merged(*overrides))
-
-
-def config_file(name: str) -> Path:
-    return ROOT / "config" / f"{name}.yaml"
 
 
 def names(runs) -> set[str]:
@@ -183,13 +162,13 @@ def test_toggling_an_experiment_leaves_the_other_runs_untouched():
 
 
 def test_train_arguments_pass_the_spec_the_bank_and_the_tensorboard_switch():
-    config = merged(config_file("quick"))
+    config = workflow_config(config_file("quick"))
     run = plan(config).runs["resnet8/resnet14/kd/default/seed0"]
     args = train_args(config, run)
     assert args.startswith("--spec '{") and '"method": "kd"' in args and "--tensorboard on" in args
     assert args.endswith("--teacher-bank results/synthetic/runs/resnet14/none/ce/epochs=18/seed0/bank.pt "
                          "--bank-fallback")
-    quiet = merged(config_file("quick"), "train: {tensorboard: false}")
+    quiet = workflow_config(config_file("quick"), "train: {tensorboard: false}")
     assert "--tensorboard off" in train_args(quiet, plan(quiet).runs[run.name])
 
 
@@ -255,10 +234,10 @@ def test_a_bad_config_raises_its_message(case):
 
 
 def test_planning_imports_no_torch():
-    code = ("import sys; from pathlib import Path; from tests.test_plan import planned; "
+    code = ("import sys; from pathlib import Path; from helpers import planned; "
             "assert planned(Path(sys.argv[1])).runs; assert 'torch' not in sys.modules, 'torch was imported'")
     result = subprocess.run([sys.executable, "-c", code, str(config_file("quick"))], capture_output=True, text=True,
-                            cwd=ROOT)
+                            cwd=ROOT / "tests")
     assert result.returncode == 0, result.stderr
 
 

@@ -12,14 +12,16 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from rckd import data, models
-from rckd.checkpoint import load_model, save_model
+from helpers import SYNTHETIC, SYNTHETIC_TEST_IMAGES, option_args
+
+from rckd import data
+from rckd.checkpoint import load_model
 from rckd.cli import main as cli
-from rckd.data.options import resolve_options
 from rckd.errors import RckdError
 from rckd.io import write_csv
+from rckd.records import BestScores, EvalRecord, Origin, RunMetrics
 from rckd.report import tables
-from rckd.report.summary import COLUMNS, read_summary, summarize
+from rckd.report.summary import COLUMNS, read_summary, run_row, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "config" / "published.yaml"
@@ -36,24 +38,28 @@ def make_run(root: Path, name: str, arch: str, method: str = "ce", teacher: str 
     run = root / name
     run.mkdir(parents=True)
     final = best - 0.5 if final is None else final
-    metrics = {"arch": arch, "teacher_arch": teacher, "method": method, "params": params or {}, "seed": seed,
-               "num_params": 1234, "epochs": epochs, "final_top1": final, "best_top1": best, "best_epoch": epochs - 1,
-               "wall_seconds": 12.5, "dataset": dataset,
-               "teacher": None if teacher_run is None else str(teacher_run / "model.pt")}
-    (run / "metrics.json").write_text(json.dumps(metrics))
+    RunMetrics(arch=arch, teacher_arch=teacher, method=method, params=params or {}, seed=seed, num_params=1234,
+               epochs=epochs, final_top1=final, best_top1=best, best_epoch=epochs - 1, wall_seconds=12.5,
+               dataset=dataset, teacher=None if teacher_run is None else str(teacher_run / "model.pt"),
+               teacher_bank=False, device="cpu", precision="fp32", compile="none", processes=1, spec=None,
+               spec_hash=None).write(run / "metrics.json")
     lines = ["epoch,lr,loss_ce,train_top1,test_top1,tau_nt,seconds"]
     for epoch in range(1, epochs + 1):
         tau_text = "" if teacher is None else f"{(tau or 0.3) * epoch / epochs:.4f}"
         lines.append(f"{epoch},0.05,1.0,50.0,{best * epoch / epochs:.2f},{tau_text},1.0")
     (run / "history.csv").write_text("\n".join(lines) + "\n")
     if evaluated:
-        record = {"top1": final, "top5": 90.0, "nll": 1.1, "ece": 0.04}
+        scores = {"top1": final, "top5": 90.0, "nll": 1.1, "ece": 0.04}
         if teacher is not None:
-            record.update(agreement=80.0, kl_t1=0.4, kl_tm=0.05, tau_all=0.6, tau_nt=tau or 0.3, top5_overlap=0.7)
-        best_record = {**record, "top1": best, "top5": 91.0, "epoch": epochs - 1}
+            scores.update(agreement=80.0, kl_t1=0.4, kl_tm=0.05, tau_all=0.6, tau_nt=tau or 0.3, top5_overlap=0.7)
+        best_scores = {**scores, "top1": best, "top5": 91.0}
         if teacher is not None:
-            best_record["tau_nt"] = best_tau or tau or 0.3
-        (run / "eval.json").write_text(json.dumps({**record, "best": best_record}))
+            best_scores["tau_nt"] = best_tau or tau or 0.3
+        EvalRecord(model=str(run / "model.pt"), arch=arch, dataset=dataset, method=method, params=params or {},
+                   seed=seed, num_test=100, ece_bins=15, device="cpu",
+                   teacher=None if teacher_run is None else str(teacher_run / "model.pt"), **scores,
+                   best=BestScores(model=str(run / "best.pt"), epoch=epochs - 1, **best_scores)
+                   ).write(run / "eval.json")
     return run
 
 
@@ -111,9 +117,34 @@ def test_summarize_refuses_unfinished_and_duplicate_runs(tmp_path, capsys):
     first, second = make_run(tmp_path, "a", "resnet20"), make_run(tmp_path, "b", "resnet20")
     with pytest.raises(RckdError, match="same teacher, student, method"):
         summarize("main", [first, second])
+    metrics = json.loads((first / "metrics.json").read_text())
+    del metrics["wall_seconds"]
+    (first / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(RckdError, match=rf"^{first / 'metrics.json'}: run metrics with key 'wall_seconds' missing"):
+        summarize("main", [first])
 
 
 # --- tables -------------------------------------------------------------------------------------
+
+
+def test_an_imported_teachers_row_takes_its_accuracy_from_its_evaluation(tmp_path):
+    """An imported teacher has no training history: its best and final top-1 are its evaluated top-1 (empty
+    until it is evaluated), and its best_ columns are those of the evaluated weights."""
+    from rckd.teachers.output import save_teacher
+
+    run = tmp_path / "teacher"
+    data_set = {"dataset": "cifar100", "data_options": {}, "input_size": [3, 32, 32], "mean": [0.5] * 3,
+                "std": [0.2] * 3, "classes": ["a", "b"]}
+    origin = Origin(source="mdistiller", source_file="t.tar:resnet56.pth", source_sha256="ab", num_tensors=2)
+    save_teacher(run / "model.pt", torch.nn.Linear(2, 2), "resnet56", data_set, origin, run / "metrics.json", 240)
+    row = run_row("main", run)
+    assert (row["best_top1"], row["final_top1"], row["top1"], row["best_top5"]) == ("", "", "", "")
+    EvalRecord(model=str(run / "model.pt"), arch="resnet56", dataset="cifar100", method="ce", params={}, seed=0,
+               num_test=100, ece_bins=15, device="cpu", teacher=None, top1=72.5, top5=91.0, nll=1.0,
+               ece=0.05).write(run / "eval.json")
+    row = run_row("main", run)
+    assert (row["best_top1"], row["final_top1"], row["top1"], row["best_top5"]) == (72.5, 72.5, 72.5, 91.0)
+    assert (row["student"], row["teacher"], row["epochs"], row["num_params"]) == ("resnet56", "", 240, 6)
 
 
 def main_rows() -> list[dict]:
@@ -331,30 +362,13 @@ def test_curves_need_the_histories(tmp_path, capsys):
 
 # --- evaluate -----------------------------------------------------------------------------------
 
-OPTIONS = {"num_superclasses": 2, "classes_per_superclass": 3, "train_per_class": 2, "test_per_class": 8, "seed": 0}
-OPTION_ARGS = [arg for key, value in OPTIONS.items() for arg in ("--data-option", f"{key}={value}")]
+OPTION_ARGS = option_args(SYNTHETIC)
 
 
-def save_tiny_model(path: Path, arch: str, method: str, params: dict, split: data.Split, seed: int) -> None:
-    torch.manual_seed(seed)
-    model = models.build(arch, num_classes=len(split.classes), in_channels=split.images.shape[1])
-    meta = {"arch": arch, "num_classes": len(split.classes), "in_channels": split.images.shape[1],
-            "input_size": list(split.images.shape[1:]), "dataset": "synthetic",
-            "data_options": resolve_options("synthetic", OPTIONS), "mean": list(split.mean),
-            "std": list(split.std), "classes": split.classes, "method": method, "params": params, "teacher": None,
-            "teacher_arch": None, "seed": seed, "epochs": 1, "final_top1": 0.0, "best_top1": 0.0, "best_epoch": 1,
-            "rckd_version": "test"}
-    save_model(path, model.state_dict(), meta)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[Path, Path, Path]:
-    root = tmp_path_factory.mktemp("evaluate")
-    data.prepare_cache("synthetic", root / "data", **OPTIONS)
-    split = data.load("synthetic", root / "data", "test", **OPTIONS)
-    save_tiny_model(root / "student.pt", "resnet8", "kd", {"T": 2.0}, split, seed=1)
-    save_tiny_model(root / "teacher.pt", "resnet8", "ce", {}, split, seed=2)
-    return root / "data", root / "student.pt", root / "teacher.pt"
+@pytest.fixture
+def tiny(synthetic_root, trained_student, trained_teacher) -> tuple[Path, Path, Path]:
+    """(data root, a distilled student's model.pt, its teacher's): the session's."""
+    return synthetic_root, trained_student, trained_teacher
 
 
 def test_evaluate_writes_metrics_and_fidelity(tiny, tmp_path, monkeypatch):
@@ -366,11 +380,11 @@ def test_evaluate_writes_metrics_and_fidelity(tiny, tmp_path, monkeypatch):
                 "--out", str(out), "--device", "cpu", "--batch-size", "7", "--threads", "3", *OPTION_ARGS]) == 0
     assert thread_settings == [3]
     record = json.loads(out.read_text())
-    assert EVAL_KEYS <= set(record) and record["num_test"] == 6 * 8
-    assert record["temperature"] == 2.0  # the student's own KD temperature
-    assert record["teacher_arch"] == "resnet8" and record["dataset"] == "synthetic"
+    assert EVAL_KEYS <= set(record) and record["num_test"] == SYNTHETIC_TEST_IMAGES
+    assert record["temperature"] == load_model(student)[1].params["T"] == 4.0  # the student's own KD temperature
+    assert record["teacher_arch"] == "resnet14" and record["dataset"] == "synthetic"
     # top-1 recomputed independently: normalise by hand, one forward pass of the whole split
-    split = data.load("synthetic", data_root, "test", **OPTIONS)
+    split = data.load("synthetic", data_root, "test", **SYNTHETIC)
     mean = torch.tensor(split.mean).view(1, -1, 1, 1)
     std = torch.tensor(split.std).view(1, -1, 1, 1)
     images = (split.images.float() / 255 - mean) / std
@@ -415,9 +429,7 @@ def test_evaluate_without_teacher_and_with_a_wrong_one(tiny, tmp_path, capsys):
     record = json.loads(out.read_text())
     assert record["teacher"] is None and "tau_nt" not in record and record["top5"] >= record["top1"]
     other = tmp_path / "other.pt"
-    split = data.load("synthetic", data_root, "test", **OPTIONS)
-    save_tiny_model(other, "resnet8", "ce", {}, split, seed=3)
-    payload = torch.load(other, weights_only=True)
+    payload = torch.load(teacher, weights_only=True)
     payload["meta"]["dataset"] = "cifar100"
     torch.save(payload, other)
     assert cli(["evaluate", "--model", str(student), "--teacher", str(other), "--data-root", str(data_root),

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT, snakemake_command
 
-ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0 or not Path("/etc/debian_version").exists(),
+# `make test-cluster` runs these (and `make test` leaves them out) by the cluster marker.
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.skipif(os.geteuid() != 0 or not Path("/etc/debian_version").exists(),
                                                     reason="starts a SLURM cluster: needs root on Debian (CI)")]
 
 SLICE = """\
@@ -50,9 +51,8 @@ def start(workdir: Path, size: dict, *args: str, extra: str = "") -> subprocess.
     on PATH for the jobs. --configfile comes last: it takes every word after it."""
     (workdir / "slice.yaml").write_text(SLICE % size)
     (workdir / "extra.yaml").write_text(extra or "{}\n")
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2",
-               *args, "--configfile", str(ROOT / "config" / "quick.yaml"), *(str(workdir / name) for name in
-                                                                             ("slice.yaml", "extra.yaml"))]
+    command = snakemake_command(workdir, *args, "--configfile", str(ROOT / "config" / "quick.yaml"),
+                                *(str(workdir / name) for name in ("slice.yaml", "extra.yaml")))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=workdir)
 

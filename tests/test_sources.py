@@ -10,16 +10,14 @@ a row cannot drift silently. docs/method.md explains each reading (log names, ya
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from helpers import ROOT, workflow_config
 
 from rckd.data import datasets
 from rckd.losses import catalog, registry
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # Repository -> the commit every row from it was read at.
 COMMITS = {
@@ -170,17 +168,9 @@ CONSTANTS = [
 # --- how a run resolves its parameters ---------------------------------------------------------------
 
 
-def _merged(base: dict, override: dict) -> dict:
-    """`override` over `base`, mappings key by key and everything else replaced (Snakemake's configfile)."""
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def _config(name: str) -> dict:
-    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    return base if name == "config.yaml" else _merged(base, yaml.safe_load((ROOT / "config" / name).read_text()))
+    """The config as the workflow reads it: merged over config.yaml, with the schema's defaults."""
+    return workflow_config() if name == "config.yaml" else workflow_config(ROOT / "config" / name)
 
 
 def _main_pairs(config: dict) -> list[dict]:

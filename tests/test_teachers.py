@@ -113,8 +113,8 @@ def test_every_published_teacher_imports_to_the_same_logits(arch, tmp_path):
     images = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(images), ours(images), rtol=1e-5, atol=1e-5)
-    assert meta["dataset"] == "cifar100" and meta["classes"] == list(CIFAR100_CLASSES)
-    assert meta["input_size"] == [3, 32, 32] and meta["source"] == "mdistiller" and meta["data_options"] == {}
+    assert meta.dataset == "cifar100" and meta.classes == list(CIFAR100_CLASSES)
+    assert meta.input_size == [3, 32, 32] and meta.source == "mdistiller" and meta.data_options == {}
 
 
 def test_the_archive_member_and_metrics_are_what_the_workflow_reads(tmp_path):
@@ -213,8 +213,8 @@ def test_a_torchvision_checkpoint_imports_to_the_same_logits(tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-5)
-    assert meta["dataset"] == "imagenet" and meta["input_size"] == [3, 64, 64] and len(meta["classes"]) == 1000
-    assert meta["data_options"] == {"image_size": 64, "resize_size": 72, "min_scale": 0.08}
+    assert meta.dataset == "imagenet" and meta.input_size == [3, 64, 64] and len(meta.classes) == 1000
+    assert meta.data_options == {"image_size": 64, "resize_size": 72, "min_scale": 0.08}
     record = json.loads(metrics.read_text())
     assert record["source"] == "torchvision" and record["published_top1"] == 69.758 and record["method"] == "ce"
 

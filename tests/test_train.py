@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, SYNTHETIC, SYNTHETIC_CLASSES, option_args, read_history, run_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rckd import curves, data
@@ -24,37 +24,20 @@ from rckd.errors import RckdError
 from rckd.spec import digest
 from rckd.train import TrainConfig, lr_at, train
 
-ROOT = Path(__file__).resolve().parents[1]
-# 20 classes in 5 superclasses, 16x16 images: small enough for seconds per epoch on one core.
-OPTIONS = {"num_superclasses": 5, "classes_per_superclass": 4, "train_per_class": 40, "test_per_class": 20,
-           "image_size": 16, "seed": 0}
-OPTION_ARGS = [arg for key, value in OPTIONS.items() for arg in ("--data-option", f"{key}={value}")]
+OPTION_ARGS = option_args(SYNTHETIC)
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    data.prepare_cache("synthetic", root, **OPTIONS)
-    return root
+@pytest.fixture
+def data_root(synthetic_root) -> Path:
+    return synthetic_root
 
 
-def config(data_root: Path, out: Path, **changes) -> TrainConfig:
-    settings = dict(arch="resnet8", dataset="synthetic", data_root=data_root, out=out, data_options=OPTIONS,
-                    epochs=2, milestones=(1,), device="cpu", checkpoint_every=1)
-    settings.update(changes)
-    return TrainConfig(**settings)
+@pytest.fixture
+def teacher(trained_teacher) -> Path:
+    return trained_teacher
 
 
-@pytest.fixture(scope="module")
-def teacher(data_root, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("teacher")
-    train(config(data_root, out, arch="resnet14", epochs=6, milestones=(5,)))
-    return out / "model.pt"
-
-
-def read_history(run: Path) -> list[dict[str, str]]:
-    with open(run / "history.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
+config = run_config
 
 
 def test_step_schedule():
@@ -69,14 +52,14 @@ def test_teacher_learns_and_writes_its_run_directory(teacher):
     model, meta = load_model(teacher)
     metrics = json.loads((run / "metrics.json").read_text())
     history = read_history(run)
-    chance = 100 / 20
+    chance = 100 / SYNTHETIC_CLASSES
     assert metrics["best_top1"] > 4 * chance, metrics
     assert metrics["final_top1"] == float(history[-1]["test_top1"])
     assert metrics["best_top1"] == max(float(row["test_top1"]) for row in history)
     assert [int(row["epoch"]) for row in history] == list(range(1, 7))
     assert [float(row["lr"]) for row in history] == pytest.approx([0.05] * 5 + [0.005])
-    assert meta["arch"] == "resnet14" and meta["num_classes"] == 20 and meta["input_size"] == [3, 16, 16]
-    assert meta["method"] == "ce" and meta["teacher"] is None and len(meta["classes"]) == 20
+    assert meta.arch == "resnet14" and meta.num_classes == 20 and meta.input_size == [3, 16, 16]
+    assert meta.method == "ce" and meta.teacher is None and len(meta.classes) == 20
     assert metrics["num_params"] == sum(p.numel() for p in model.parameters())
     assert not (run / "resume.pt").exists()  # a finished run drops its resume checkpoint
 
@@ -89,10 +72,10 @@ def test_distillation_runs_for_every_method(data_root, teacher, tmp_path, method
              "wttm": {"ce", "wttm"}, "rckd": {"ce", "rc"}, "mlkd": {"ce", "kd", "cc", "bc"}}[method]
     assert {key[5:] for key in history[0] if key.startswith("loss_")} == terms
     assert -1 <= float(history[0]["tau_nt"]) <= 1
-    assert metrics["teacher_arch"] == "resnet14" and metrics["method"] == method
+    assert metrics.teacher_arch == "resnet14" and metrics.method == method
     _, meta = load_model(tmp_path / "model.pt")
-    assert meta["teacher"] == str(teacher) and meta["params"] == metrics["params"]
-    assert metrics["teacher_bank"] is False
+    assert meta.teacher == str(teacher) and meta.params == metrics.params
+    assert metrics.teacher_bank is False
 
 
 def run_cli(*args: str) -> subprocess.Popen:
@@ -202,17 +185,17 @@ def test_a_runs_spec_json_reruns_it_to_the_same_weights(data_root, tmp_path):
     and command-line options override its keys."""
     first = train(config(data_root, tmp_path / "first", method="ce", lr=0.1))
     spec = tmp_path / "first" / "spec.json"
-    assert json.loads(spec.read_text()) == first["spec"] and first["spec"]["lr"] == 0.1
+    assert json.loads(spec.read_text()) == first.spec and first.spec["lr"] == 0.1
     assert cli(["train", "--spec", str(spec), "--data-root", str(data_root), "--device", "cpu",
                 "--out", str(tmp_path / "again")]) == 0
     expected = load_torch(tmp_path / "first" / "model.pt")["state_dict"]
     again = load_torch(tmp_path / "again" / "model.pt")["state_dict"]
     assert all(torch.equal(expected[name], again[name]) for name in expected)
-    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["spec_hash"] == first["spec_hash"]
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["spec_hash"] == first.spec_hash
     assert cli(["train", "--spec", str(spec), "--epochs", "1", "--milestones", "--data-root", str(data_root),
                 "--device", "cpu", "--out", str(tmp_path / "shorter")]) == 0
     shorter = json.loads((tmp_path / "shorter" / "spec.json").read_text())
-    assert shorter == {**first["spec"], "epochs": 1, "milestones": []}
+    assert shorter == {**first.spec, "epochs": 1, "milestones": []}
 
 
 def test_corrupt_teacher_checkpoint_is_a_clear_error(data_root, tmp_path, capsys):
@@ -241,7 +224,7 @@ def test_missing_teacher_is_a_clear_error(data_root, tmp_path):
 
 
 def test_teacher_of_another_data_set_is_refused(data_root, teacher, tmp_path):
-    other = {**OPTIONS, "classes_per_superclass": 2}
+    other = {**SYNTHETIC, "classes_per_superclass": 2}
     other_root = tmp_path / "other"
     data.prepare_cache("synthetic", other_root, **other)
     with pytest.raises(RckdError, match="does not fit this data set.*num_classes"):
@@ -272,9 +255,9 @@ def test_bad_settings_fail_before_training(data_root, tmp_path, change, message)
 
 def test_bf16_on_cpu_autocasts_and_still_learns(data_root, tmp_path):
     metrics = train(config(data_root, tmp_path, precision="bf16", epochs=3, milestones=(2,)))
-    assert metrics["precision"] == "bf16"
-    assert metrics["best_top1"] > 2 * 100 / 20
-    assert metrics["spec"]["precision"] == "bf16" and metrics["spec_hash"] == digest(metrics["spec"])
+    assert metrics.precision == "bf16"
+    assert metrics.best_top1 > 2 * 100 / SYNTHETIC_CLASSES
+    assert metrics.spec["precision"] == "bf16" and metrics.spec_hash == digest(metrics.spec)
 
 
 def test_cuda_graph_compile_is_refused_on_cpu(data_root, tmp_path):
@@ -283,7 +266,7 @@ def test_cuda_graph_compile_is_refused_on_cpu(data_root, tmp_path):
 
 
 def test_predict_logits_keeps_order_and_is_float32(data_root):
-    split = data.load("synthetic", data_root, "test", **OPTIONS)
+    split = data.load("synthetic", data_root, "test", **SYNTHETIC)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 20)).eval()
     from rckd.inference import predict_logits
 
@@ -300,7 +283,7 @@ def test_the_compiled_step_has_no_graph_breaks_and_tracks_eager(data_root, teach
     common = dict(method="kd", teacher=teacher, epochs=1, batch_size=160)  # 5 steps of one shape
     compiled = train(config(data_root, tmp_path / "compiled", compile="default", **common))
     eager = train(config(data_root, tmp_path / "eager", **common))
-    assert compiled["compile"] == "default" and eager["compile"] == "none"
+    assert compiled.compile == "default" and eager.compile == "none"
     (row_compiled,), (row_eager,) = read_history(tmp_path / "compiled"), read_history(tmp_path / "eager")
     for key in ("loss_ce", "loss_kd", "train_top1"):
         assert float(row_compiled[key]) == pytest.approx(float(row_eager[key]), rel=1e-3, abs=1e-3), key

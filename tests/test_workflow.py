@@ -3,27 +3,17 @@ the quick and ImageNet-layout DAGs end to end. (The planner itself: tests/test_p
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
 import shlex
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from rckd.teachers import SOURCES
-from test_plan import BAD_CONFIGS, config_file, planned
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def snakemake(workdir: Path, *args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-               "--cores", "2", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+from helpers import ROOT, config_file, planned, read_csv, snakemake
+from test_plan import BAD_CONFIGS
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -134,11 +124,6 @@ def test_imagenet_config_plans_its_table_with_imported_teachers_and_data_paralle
     assert students == {"tv_resnet18", "mobilenetv1"}
     assert "import-teacher --source torchvision --arch tv_resnet34" in result.stdout
     assert any("/mobilenetv1/tv_resnet50/dkd/T=1,beta=2,warmup=1/" in out for _, out in commands)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 @pytest.mark.slow

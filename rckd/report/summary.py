@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from rckd.errors import RckdError
 from rckd.io import write_csv
 from rckd.plan.naming import format_params
+from rckd.records import EvalRecord, RunMetrics, Scores
 
 RUN_COLUMNS = ("experiment", "dataset", "teacher", "student", "method", "params", "seed", "epochs", "num_params",
                "best_top1", "final_top1", "wall_seconds")
@@ -28,20 +28,14 @@ BEST_EVAL_COLUMNS = tuple(f"best_{name}" for name in EVAL_COLUMNS if name != "to
 COLUMNS = (*RUN_COLUMNS, *EVAL_COLUMNS, *BEST_EVAL_COLUMNS, "run", "teacher_run")
 INT_COLUMNS = ("seed", "epochs", "num_params")
 FLOAT_COLUMNS = ("best_top1", "final_top1", "wall_seconds", *EVAL_COLUMNS, *BEST_EVAL_COLUMNS)
-REQUIRED_METRICS = ("arch", "teacher", "teacher_arch", "method", "params", "seed", "epochs", "num_params", "best_top1",
-                    "final_top1", "wall_seconds", "dataset")
 # A run is identified by these; two run directories with the same values would be counted twice.
 IDENTITY = ("teacher", "student", "method", "params", "seed", "epochs")
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        payload = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RckdError(f"{path} is not valid JSON ({err}); delete it and rerun the step that writes it") from None
-    if not isinstance(payload, dict):
-        raise RckdError(f"{path} should hold a JSON object ({what}); delete it and rerun the step that writes it")
-    return payload
+def _cells(scores: Scores | None, columns: tuple[str, ...]) -> dict[str, Any]:
+    """The score columns (best_ ones named after their score) of `scores`; empty where there is none."""
+    values = {} if scores is None else scores.to_dict()
+    return {column: values.get(column.removeprefix("best_"), "") for column in columns}
 
 
 def run_row(experiment: str, run_dir: Path, method: str | None = None) -> dict[str, Any]:
@@ -50,27 +44,21 @@ def run_row(experiment: str, run_dir: Path, method: str | None = None) -> dict[s
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
         raise RckdError(f"{run_dir} has no metrics.json: the run is not finished; train it first")
-    run_metrics = _read_json(metrics_path, "run metrics")
-    missing = [key for key in REQUIRED_METRICS if key not in run_metrics]
-    if missing:
-        raise RckdError(f"{metrics_path} lacks {missing}: it was written by another rckd version; retrain the run")
-    row: dict[str, Any] = {
-        "experiment": experiment, "dataset": run_metrics["dataset"], "teacher": run_metrics["teacher_arch"] or "",
-        "student": run_metrics["arch"], "method": method or run_metrics["method"], "params": format_params(run_metrics["params"]),
-        **{key: run_metrics[key] for key in ("seed", "epochs", "num_params", "best_top1", "final_top1",
-                                              "wall_seconds")},
-        "run": str(run_dir),
-        "teacher_run": str(Path(run_metrics["teacher"]).parent) if run_metrics["teacher"] else "",
-    }
+    run = RunMetrics.read(metrics_path)
     eval_path = run_dir / "eval.json"
-    evaluation = _read_json(eval_path, "evaluation") if eval_path.is_file() else {}
-    row.update({key: evaluation.get(key, "") for key in EVAL_COLUMNS})
-    best = evaluation.get("best", {})
-    if run_metrics.get("source"):  # an imported teacher: no training history, its weights are the evaluated ones
-        row.update(best_top1=evaluation.get("top1", ""), final_top1=evaluation.get("top1", ""))
-        best = evaluation
-    row.update({key: best.get(key.removeprefix("best_"), "") for key in BEST_EVAL_COLUMNS})
-    return row
+    evaluation = EvalRecord.read(eval_path) if eval_path.is_file() else None
+    if run.imported:  # no training history: its weights are the evaluated ones, best and final
+        top1 = evaluation.top1 if evaluation else ""
+        accuracy, best = {"best_top1": top1, "final_top1": top1}, evaluation
+    else:
+        accuracy, best = {"best_top1": run.best_top1, "final_top1": run.final_top1}, evaluation and evaluation.best
+    return {
+        "experiment": experiment, "dataset": run.dataset, "teacher": run.teacher_arch or "", "student": run.arch,
+        "method": method or run.method, "params": format_params(run.params), "seed": run.seed, "epochs": run.epochs,
+        "num_params": run.num_params, **accuracy, "wall_seconds": run.wall_seconds,
+        **_cells(evaluation, EVAL_COLUMNS), **_cells(best, BEST_EVAL_COLUMNS),
+        "run": str(run_dir), "teacher_run": str(Path(run.teacher).parent) if run.teacher else "",
+    }
 
 
 def summarize(experiment: str, run_dirs: list[Path], methods: list[str] | None = None) -> list[dict[str, Any]]:

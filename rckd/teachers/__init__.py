@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise RckdError("mdistiller teachers come from --archive cifar_teachers.tar or --checkpoint FILE")
     source = importlib.import_module(f"rckd.teachers.{args.source}")
     extra = {"data_options": dict(args.data_option)} if args.source == "torchvision" else {}
-    record = source.import_teacher(args.arch, args.out, archive=args.archive, checkpoint=args.checkpoint,
+    origin = source.import_teacher(args.arch, args.out, archive=args.archive, checkpoint=args.checkpoint,
                                    metrics_path=args.metrics, **extra)
-    print(f"{args.out}: {args.arch} from {record['source_file']} ({record['num_tensors']} tensors)", flush=True)
+    print(f"{args.out}: {args.arch} from {origin.source_file} ({origin.num_tensors} tensors)", flush=True)
     return 0

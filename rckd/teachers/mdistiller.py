@@ -16,7 +16,7 @@ import itertools
 import re
 import tarfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ import torch
 from rckd import models
 from rckd.data.datasets import CIFAR100_CLASSES, CIFAR100_MEAN, CIFAR100_STD
 from rckd.errors import RckdError
+from rckd.records import Origin
 from rckd.teachers import MDISTILLER_ARCHIVE_URL, SOURCES
 from rckd.teachers.output import save_teacher
 
@@ -215,7 +216,7 @@ def translate(arch: str, state: dict[str, torch.Tensor], model: torch.nn.Module)
 
 
 def import_teacher(arch: str, out: Path, *, archive: Path | None = None, checkpoint: Path | None = None,
-                   metrics_path: Path | None = None) -> dict[str, Any]:
+                   metrics_path: Path | None = None) -> Origin:
     """Write `out` (an rckd model.pt for CIFAR-100) from mdistiller's checkpoint of `arch`."""
     if arch not in models.available():
         raise RckdError(f"unknown arch {arch!r}; available: {', '.join(models.available())}")
@@ -223,9 +224,9 @@ def import_teacher(arch: str, out: Path, *, archive: Path | None = None, checkpo
     state = load_state_dict(raw, where)
     model = models.build(arch, num_classes=len(CIFAR100_CLASSES), in_channels=3)
     model.load_state_dict(translate(arch, state, model))
-    record = {"source": "mdistiller", "source_file": where, "source_sha256": hashlib.sha256(raw).hexdigest(),
-              "num_tensors": len(state)}
+    origin = Origin(source="mdistiller", source_file=where, source_sha256=hashlib.sha256(raw).hexdigest(),
+                    num_tensors=len(state))
     data = {"dataset": "cifar100", "data_options": {}, "input_size": [3, 32, 32], "mean": CIFAR100_MEAN,
             "std": CIFAR100_STD, "classes": CIFAR100_CLASSES}
-    save_teacher(out, model, arch, data, record, metrics_path, epochs=240)
-    return record
+    save_teacher(out, model, arch, data, origin, metrics_path, epochs=240)
+    return origin

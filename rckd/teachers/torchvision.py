@@ -18,6 +18,7 @@ from rckd.checkpoint import load_torch
 from rckd.data.imagefolder import MEAN, STD
 from rckd.data.options import resolve_options
 from rckd.errors import RckdError
+from rckd.records import Origin
 from rckd.teachers import SOURCES
 from rckd.teachers.output import save_teacher
 
@@ -56,7 +57,7 @@ def locate(arch: str, folder: Path | None) -> Path:
 
 
 def import_teacher(arch: str, out: Path, *, archive: Path | None = None, checkpoint: Path | None = None,
-                   metrics_path: Path | None = None, data_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                   metrics_path: Path | None = None, data_options: dict[str, Any] | None = None) -> Origin:
     """Write `out` (an rckd model.pt for ImageNet) from torchvision's IMAGENET1K_V1 weights of `arch`."""
     if arch not in SOURCES["torchvision"]:
         raise RckdError(f"torchvision teachers are {', '.join(SOURCES['torchvision'])}, not {arch!r}")
@@ -72,9 +73,9 @@ def import_teacher(arch: str, out: Path, *, archive: Path | None = None, checkpo
     except (RuntimeError, TypeError) as err:
         raise RckdError(f"{path} is not a torchvision {arch.removeprefix('tv_')} state dict: {err}") from None
     options = resolve_options("imagenet", data_options or {})
-    record = {"source": "torchvision", "source_file": str(path),
-              "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "num_tensors": len(state),
-              "published_top1": weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]}
+    origin = Origin(source="torchvision", source_file=str(path),
+                    source_sha256=hashlib.sha256(path.read_bytes()).hexdigest(), num_tensors=len(state),
+                    published_top1=weights.meta["_metrics"]["ImageNet-1K"]["acc@1"])
     data = {"dataset": "imagenet", "data_options": options, "input_size": [3, options["image_size"], options["image_size"]], "mean": MEAN, "std": STD, "classes": classes}
-    save_teacher(out, model, arch, data, record, metrics_path, epochs=PUBLISHED_EPOCHS)
-    return record
+    save_teacher(out, model, arch, data, origin, metrics_path, epochs=PUBLISHED_EPOCHS)
+    return origin
