@@ -105,9 +105,9 @@ def test_default_config_plans_every_job_once(tmp_path):
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     runs = expected_runs(CONFIG)
-    # The paper DAG per seed: main 6 teachers + 9 vanilla students + 11 pairs x 6 methods = 81, capacity 15
+    # The paper DAG per seed: main 6 teachers + 9 vanilla students + 11 pairs x 8 methods = 103, capacity 15
     # more (its resnet56 teacher's runs are main's), the RCKD ablation 6 more (its default is main's).
-    assert len(runs) == 102
+    assert len(runs) == 124
     main = CONFIG["experiments"]["main"]
     students = {pair["student"] for pair in main["pairs"]}
     teachers_with_students = {run[1] for run in runs if run[1]}
