@@ -45,6 +45,8 @@ def learned_temperature(method: str, params: dict, device: torch.device,
         return None
     temperature = LearnedTemperature(params["curriculum"]).to(device)
     if group.world > 1:
-        temperature.theta.register_post_accumulate_grad_hook(
-            lambda theta: distributed.total(theta.grad, group).div_(group.world))
+        def average(theta: Tensor) -> None:
+            distributed.total(theta.grad, group).div_(group.world)
+
+        temperature.theta.register_post_accumulate_grad_hook(average)
     return temperature
