@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from rckd import __version__, bank, curves, data, distributed, losses, models
 from rckd.checkpoint import load_model, load_torch, save_model, save_torch
+from rckd.ctkd import LearnedTemperature, learned_temperature
 from rckd.data.augment import TrainBatch, TrainBatches
 from rckd.data.imagefolder import StreamBatches
 from rckd.data.options import STREAMED, add_data_option_argument, crop_padding, resolve_options
@@ -131,6 +132,7 @@ class Session:
     slot: GpuSlot | None  # its lock is held while the session lives
     group: distributed.Group
     best_weights: dict[str, torch.Tensor] | None = None  # host copy of the best test top-1 epoch's (best.pt)
+    temperature: LearnedTemperature | None = None  # CTKD's, trained with the student (rckd.ctkd)
 
 
 def train(config: TrainConfig) -> RunMetrics:
@@ -186,7 +188,9 @@ def _setup(config: TrainConfig) -> Session:
     torch.manual_seed(config.seed)
     student = models.build(config.arch, num_classes=len(train_split.classes), in_channels=train_split.input_size[0])
     student = student.to(device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(student.parameters(), lr=lr_at(config, 0), momentum=config.momentum,
+    temperature = learned_temperature(config.method, loss_fn.params, device, group)
+    trained_parameters = [*student.parameters(), *(temperature.parameters() if temperature is not None else ())]
+    optimizer = torch.optim.SGD(trained_parameters, lr=lr_at(config, 0), momentum=config.momentum,
                                 weight_decay=config.weight_decay, fused=on_cuda)
     batches = _batches(config, train_split, device, group, two_views=loss_fn.views == 2)
     subset = torch.randperm(len(test_split), generator=torch.Generator().manual_seed(TAU_SUBSET_SEED))[:TAU_SUBSET]
@@ -207,12 +211,12 @@ def _setup(config: TrainConfig) -> Session:
     trained = model if group.world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if on_cuda else None)
     step = _make_step(trained, loss_fn, teacher_logits, optimizer, device, precision, compile_mode,
-                      fullgraph=group.world == 1)  # DDP's gradient buckets split the graph
+                      fullgraph=group.world == 1, temperature=temperature)  # DDP's buckets split the graph
     identity = {"spec_hash": digest(spec), "precision": precision, "compile": compile_mode, "teacher_bank": used_bank}
     test_shard = torch.arange(group.rank, len(test_split), group.world)
     return Session(config, spec, device, precision, compile_mode, identity, student, step, optimizer, batches,
                    test_split, test_shard, subset, subset_images, teacher_subset_logits, teacher_meta,
-                   list(train_split.classes), loss_fn.params, used_bank, slot, group)
+                   list(train_split.classes), loss_fn.params, used_bank, slot, group, temperature=temperature)
 
 
 def _batches(config: TrainConfig, split: data.Split | data.FileSplit, device: torch.device,
@@ -270,10 +274,12 @@ class _TwoViews(nn.Module):
 
 def _make_step(student: nn.Module, loss_fn: losses.DistillLoss,
                teacher_logits: Callable[[TrainBatch], torch.Tensor] | None, optimizer: torch.optim.Optimizer,
-               device: torch.device, precision: str, compile_mode: str, fullgraph: bool = True):
+               device: torch.device, precision: str, compile_mode: str, fullgraph: bool = True,
+               temperature: LearnedTemperature | None = None):
     """One optimisation step: (batch, epoch tensor) -> (weighted loss terms, student logits). A two-view
     loss also gets the strong view's logits: the student's from a second forward (its own BatchNorm batch
-    statistics, as in MLKD's source) and the live teacher's."""
+    statistics, as in MLKD's source) and the live teacher's. A learned temperature (CTKD) is computed
+    inside the graph, so its gradient flows through the terms."""
 
     def forward_loss(x: torch.Tensor, y: torch.Tensor, logits_t: torch.Tensor | None, epoch: torch.Tensor,
                      x_strong: torch.Tensor | None = None, logits_t_strong: torch.Tensor | None = None):
@@ -283,7 +289,8 @@ def _make_step(student: nn.Module, loss_fn: losses.DistillLoss,
             else:  # a _TwoViews student
                 logits_s, logits_s_strong = student(x, x_strong)
                 second_view = {"strong": (logits_s_strong, logits_t_strong)}
-        terms = loss_fn(logits_s, logits_t, y, epoch, **second_view)
+        learned = {"temperature": temperature(epoch)} if temperature is not None else {}
+        terms = loss_fn(logits_s, logits_t, y, epoch, **second_view, **learned)
         return terms, logits_s
 
     # Student forward and loss are one graph (and so is their backward, through AOTAutograd).
@@ -359,7 +366,9 @@ def _epoch_row(session: Session, epoch: int, sums: dict[str, torch.Tensor], seco
                         f"{[mean_terms[name] for name in bad]}; lower the lr or check the data and teacher")
     test_top1, tau_nt = _test_metrics(session)
     lr = lr_at(session.config, epoch)
+    learned = {"temperature": round(session.temperature.value(), 6)} if session.temperature is not None else {}
     return {"epoch": epoch + 1, "lr": float(f"{lr:.6g}"),  # 0.005, not 0.005000000000000001
+            **learned,  # CTKD's temperature at the end of the epoch
             **{f"loss_{name}": round(value, 6) for name, value in mean_terms.items()},
             "train_top1": round(train_top1 * 100, 4), "test_top1": round(test_top1, 4), "tau_nt": tau_nt,
             "seconds": round(seconds, 3)}
@@ -406,6 +415,7 @@ def _save_resume(session: Session, path: Path, epoch: int, history: list, elapse
         "identity": session.identity, "spec": session.spec, "epoch": epoch, "history": history, "elapsed": elapsed,
         "partial": partial, "model": session.student.state_dict(), "optimizer": session.optimizer.state_dict(),
         "batches": session.batches.state_dict(), "cpu_rng": torch.get_rng_state(), "best_weights": session.best_weights,
+        "temperature": session.temperature.state_dict() if session.temperature is not None else None,
     })
 
 
@@ -427,6 +437,8 @@ def _resume(session: Session, path: Path) -> tuple[int, list, float, dict[str, t
     session.batches.load_state_dict(state["batches"])
     torch.set_rng_state(state["cpu_rng"])
     session.best_weights = state["best_weights"]
+    if session.temperature is not None:
+        session.temperature.load_state_dict(state["temperature"])
     partial = state.get("partial")
     where = f"step {session.batches.position + 1} of " if partial is not None else ""
     if session.group.main:

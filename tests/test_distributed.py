@@ -77,6 +77,22 @@ def test_two_processes_train_exactly_like_one_with_the_same_total_batch(root, tm
         assert row_one["train_top1"] == row_two["train_top1"] and row_one["test_top1"] == row_two["test_top1"]
 
 
+def test_two_processes_learn_ctkds_temperature_like_one(root, tmp_path):
+    """CTKD's temperature is outside the DDP module: each process averages its gradient, so two processes
+    learn the same temperature (and student) as one with the same total batch."""
+    _train(root, tmp_path / "teacher", 1)
+    teacher = ["--method", "ctkd", "--param", "curriculum=1", "--teacher", str(tmp_path / "teacher" / "model.pt")]
+    _train(root, tmp_path / "one", 1, "linear_probe", *teacher)
+    _train(root, tmp_path / "two", 2, "linear_probe", *teacher)
+    one, two = _weights(tmp_path / "one" / "model.pt"), _weights(tmp_path / "two" / "model.pt")
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-6)
+    temperatures = [[float(row["temperature"]) for row in read_history(tmp_path / run)]
+                    for run in ("one", "two")]
+    assert temperatures[0] == pytest.approx(temperatures[1], abs=1e-5)
+    assert temperatures[0][-1] != pytest.approx(15.621172, abs=1e-4)  # it did move
+
+
 def test_data_parallel_distillation_writes_once_and_reports_the_whole_test_set(root, tmp_path):
     """resnet8 (BatchNorm) distilled with KD on 2 processes: only rank 0 writes (one line per epoch
     in the log, only the run's five files and one event file), and the logged test top-1 is that of all 36 validation

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,12 +16,13 @@ import torch.nn.functional as F
 from scipy import stats
 
 import rckd.losses as losses
+from rckd import ctkd
 from rckd.errors import RckdError
 from rckd.losses import catalog, functional, registry
 
 RELATIONS = catalog.RELATIONS
 METHOD_CASES = [("ce", {}), ("kd", {}), ("kd", {"ls": True}), ("dkd", {}), ("dkd", {"ls": True}), ("dist", {}),
-                ("wttm", {})] + [("rckd", {"relation": relation}) for relation in RELATIONS] + [
+                ("wttm", {}), ("nkd", {}), ("nkd", {"T": 1.0, "gamma": 1.5})] + [("rckd", {"relation": relation}) for relation in RELATIONS] + [
                 ("rckd", {"relation": "prob_diff", "kd": 0.9})]
 
 
@@ -79,6 +81,8 @@ def _np_loss(method: str, params: dict, zs: np.ndarray, zt: np.ndarray, y: np.nd
         weight = q.sum(1)
         kl = _np_kl_rows(q / weight[:, None], np.exp(_np_log_softmax(zs)))
         return params["ce"] * ce + params["beta"] * (weight * kl).mean()
+    if method == "nkd":
+        return params["ce"] * ce + _np_nkd(zs, zt, y, params["T"], params["gamma"])
     T = params["T"]
     soft_s, soft_t = (_np_standardize(zs), _np_standardize(zt)) if params.get("ls") else (zs, zt)
     p_s, p_t = np.exp(_np_log_softmax(soft_s / T)), np.exp(_np_log_softmax(soft_t / T))
@@ -107,6 +111,18 @@ def _np_loss(method: str, params: dict, zs: np.ndarray, zt: np.ndarray, y: np.nd
     cosine = _np_cosine_rows(_np_relation(zs, params["relation"], T, params["kappa"]),
                              _np_relation(zt, params["relation"], T, params["kappa"]))
     return params["ce"] * ce + params["kd"] * kd + params["rc"] * T**2 * (1 - cosine).mean()
+
+
+def _np_nkd(zs: np.ndarray, zt: np.ndarray, y: np.ndarray, T: float, gamma: float) -> float:
+    """yzd-v/cls_KD (branch 1.0, 1e5d48f) mmcls/models/dis_losses/nkd.py as written there: the target
+    column cut out of the logits (the mask of commit 9466b3f), a soft cross-entropy of the rest."""
+    rows = np.arange(len(y))
+    target = -(np.exp(_np_log_softmax(zt))[rows, y] * _np_log_softmax(zs)[rows, y]).mean()
+    keep = np.ones_like(zs, dtype=bool)
+    keep[rows, y] = False
+    cut_s, cut_t = zs[keep].reshape(len(y), -1), zt[keep].reshape(len(y), -1)
+    non_target = (np.exp(_np_log_softmax(cut_t / T)) * _np_log_softmax(cut_s / T)).sum(1).mean()
+    return float(target - gamma * T**2 * non_target)
 
 
 # --- RCKD: the relation cosine ----------------------------------------------------------------
@@ -470,6 +486,152 @@ def test_wttm_equals_its_definition():
     torch.testing.assert_close(terms["wttm"], 4.0 * (weight * kl).mean(), rtol=1e-12, atol=0)
 
 
+# --- NKD -------------------------------------------------------------------------------------
+
+def _nkd_case(kind: str, classes: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float64 (student, teacher, labels): random, identical, or a one-hot teacher (a `scale` logit
+    at the label, or at another class)."""
+    zs, y = _logits(6, classes, scale, seed=70).double(), _targets(6, classes, seed=7)
+    if kind == "random":
+        return zs, _logits(6, classes, scale, seed=71).double(), y
+    if kind == "identical":
+        return zs, zs.clone(), y
+    peak = y if kind == "one_hot_target" else (y + 1) % classes
+    return zs, scale * F.one_hot(peak, classes).double(), y
+
+
+@pytest.mark.parametrize("kind", ["random", "identical", "one_hot_target", "one_hot_other"])
+@pytest.mark.parametrize("classes", [2, 10, 100])
+@pytest.mark.parametrize("scale", [1.0, 10.0, 50.0])
+@pytest.mark.parametrize(("T", "gamma"), [(3.0, 3.5), (1.0, 1.5)])  # cls_KD's CIFAR-100 and ImageNet configs
+def test_nkd_value_and_gradient_equal_the_sources_formula(kind, classes, scale, T, gamma):
+    """Value: the source's computation, target column cut out (_np_nkd). Gradient, by hand: CE gives
+    p_s - onehot(y); the target term -p_t,y log p_s,y gives p_t,y (p_s - onehot(y)); the non-target
+    term gamma T^2 * soft CE at T gives gamma T (q_s - q_t) on the other classes and 0 at the label."""
+    zs, zt, y = _nkd_case(kind, classes, scale)
+    zs.requires_grad_()
+    loss = losses.build("nkd", T=T, gamma=gamma)
+    terms = loss(zs, zt, y, 1)
+    expected = _np_nkd(zs.detach().numpy(), zt.numpy(), y.numpy(), T, gamma)
+    assert float((_total(terms) - terms["ce"]).detach()) == pytest.approx(expected, rel=1e-10, abs=1e-10)
+    _total(terms).backward()
+    is_target = F.one_hot(y, classes).double()
+    p_s, p_t = torch.softmax(zs.detach(), 1), torch.softmax(zt, 1)
+    masked = torch.where(is_target.bool(), float("-inf"), 0.0)
+    q_s, q_t = torch.softmax(zs.detach() / T + masked, 1), torch.softmax(zt / T + masked, 1)
+    teacher_target = (p_t * is_target).sum(1, keepdim=True)
+    by_hand = (1 + teacher_target) * (p_s - is_target) + gamma * T * (q_s - q_t)
+    torch.testing.assert_close(zs.grad, by_hand / len(y), rtol=1e-9, atol=1e-12)
+
+
+def test_nkd_non_target_term_ignores_the_label_column():
+    """Commit 9466b3f fixed the source's mask (scatter_(1, label, 0), not 1): before it, the 'non-target'
+    softmax kept the target class. Here the label's logits do not change the non-target term."""
+    zs, zt, y = _logits(5, 12, 3.0, seed=72).double(), _logits(5, 12, 3.0, seed=73).double(), _targets(5, 12)
+    base = losses.build("nkd")(zs, zt, y, 1)["non_target"]
+    bump = 7.0 * F.one_hot(y, 12).double()
+    torch.testing.assert_close(losses.build("nkd")(zs + bump, zt - bump, y, 1)["non_target"], base,
+                               rtol=1e-12, atol=0)
+
+
+# --- CTKD ------------------------------------------------------------------------------------
+
+def _source_cosine_decay(epoch: int, loops: float) -> float:
+    """zhengli97/CTKD (7d52522) train_student.py CosineDecay(max_value=0, min_value=-1, num_loops).get_value."""
+    i = min(max(epoch, 0), loops)
+    value = (math.cos(i * math.pi / loops) + 1.0) * 0.5
+    return value * (0 - (-1)) + (-1)
+
+
+@pytest.mark.parametrize("loops", [10.0, 5.0])  # the CIFAR and ImageNet scripts' --decay_loops
+def test_ctkd_curriculum_is_the_sources_cosine_per_epoch(loops):
+    epochs = range(0, 241)
+    expected = [_source_cosine_decay(epoch, loops) for epoch in epochs]
+    assert [functional.ctkd_lambda(epoch, loops) for epoch in epochs] == pytest.approx(expected, abs=1e-15)
+    as_tensors = [float(functional.ctkd_lambda(torch.tensor(float(epoch)), loops)) for epoch in epochs]
+    assert as_tensors == pytest.approx(expected, abs=1e-6)
+    assert functional.ctkd_lambda(0, loops) == 0.0 and functional.ctkd_lambda(loops / 2, loops) == pytest.approx(-0.5)
+    assert all(functional.ctkd_lambda(epoch, loops) == -1.0 for epoch in range(int(loops), 241))
+    assert all(a > b for a, b in zip(expected[:int(loops) + 1], expected[1:int(loops) + 1]))  # falls until loops
+
+
+def test_gradient_reversal_keeps_the_value_and_scales_the_gradient():
+    x = torch.tensor([0.3, -2.0, 7.5], dtype=torch.float64, requires_grad=True)
+    for scale in (0.0, -0.25, -1.0, 2.0):
+        y = functional.gradient_reversal(x, scale)
+        assert torch.equal(y, x.detach())
+        (grad,) = torch.autograd.grad((y * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)).sum(), x)
+        torch.testing.assert_close(grad, scale * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64),
+                                   rtol=0, atol=0)
+
+
+def test_ctkd_temperature_starts_at_1_plus_20_sigmoid_1_and_stays_in_range():
+    temperature = ctkd.LearnedTemperature(10.0)
+    assert temperature.value() == pytest.approx(1 + 20 / (1 + math.exp(-1)), rel=1e-7)
+    for theta, expected in ((-60.0, 1.0), (0.0, 11.0), (60.0, 21.0)):
+        assert float(functional.ctkd_temperature(torch.tensor(theta, dtype=torch.float64))) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("case", ["random", "identical", "one_hot", "scale_50"])
+def test_ctkd_loss_is_kd_at_the_learned_temperature(case):
+    """0.1 CE + 0.9 T^2 KL(p_t^T || p_s^T) with T the learned temperature (CTKD distiller_zoo/KD.py:
+    KLDivLoss batchmean times T * T), in float64; its value does not depend on the curriculum."""
+    scale = 50.0 if case == "scale_50" else 3.0
+    zs, y = _logits(6, 10, scale, seed=74).double(), _targets(6, 10, seed=8)
+    zt = {"identical": zs.clone(), "one_hot": 30.0 * F.one_hot(y, 10).double()}.get(
+        case, _logits(6, 10, scale, seed=75).double())
+    loss = losses.build("ctkd")
+    for theta in (-1.5, 1.0, 3.0):
+        temperature = ctkd.LearnedTemperature(10.0).double()
+        temperature.theta.data.fill_(theta)
+        T = 1 + 20 / (1 + math.exp(-theta))
+        terms = loss(zs, zt, y, 4, temperature=temperature(torch.tensor(4.0)))
+        p_s, p_t = torch.softmax(zs / T, 1), torch.softmax(zt / T, 1)
+        kl = (p_t * (torch.log_softmax(zt / T, 1) - torch.log_softmax(zs / T, 1))).sum(1).mean()
+        torch.testing.assert_close(terms["kd"], 0.9 * T**2 * kl, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(terms["ce"], 0.1 * F.cross_entropy(zs, y), rtol=1e-12, atol=0)
+        assert torch.isfinite(p_s).all()
+        if case == "identical":
+            assert float(terms["kd"].detach()) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("epoch", [0, 1, 3, 5, 10, 11, 240])
+def test_ctkd_temperature_gradient_is_reversed_by_the_curriculum(epoch):
+    """theta's gradient is lambda(epoch) times the plain d(loss)/d(theta): from epoch 1 on an SGD step
+    on theta moves the temperature so that the KD loss INCREASES (and leaves it at epoch 0)."""
+    zs, zt, y = _logits(8, 10, 3.0, seed=76).double(), _logits(8, 10, 3.0, seed=77).double(), _targets(8, 10)
+    loss = losses.build("ctkd")
+    temperature = ctkd.LearnedTemperature(10.0).double()
+    terms = loss(zs, zt, y, epoch, temperature=temperature(torch.tensor(float(epoch))))
+    _total(terms).backward()
+    theta = temperature.theta.detach().clone().requires_grad_()
+    plain_terms = loss(zs, zt, y, epoch, temperature=functional.ctkd_temperature(theta))
+    (plain,) = torch.autograd.grad(_total(plain_terms), theta)
+    lam = _source_cosine_decay(epoch, 10.0)
+    torch.testing.assert_close(temperature.theta.grad, lam * plain, rtol=1e-6, atol=1e-15)
+    assert abs(float(plain)) > 1e-4
+    before = float(terms["kd"].detach())
+    with torch.no_grad():
+        temperature.theta -= 0.5 * temperature.theta.grad  # the student's SGD step, without weight decay
+        after = float(loss(zs, zt, y, epoch, temperature=temperature(float(epoch)))["kd"])
+    assert after > before if epoch > 0 else after == before
+
+
+def test_ctkd_compiles_as_one_graph_with_the_temperature():
+    loss, temperature = losses.build("ctkd"), ctkd.LearnedTemperature(10.0)
+
+    def total(zs, zt, y, epoch):
+        return _total(loss(zs, zt, y, epoch, temperature=temperature(epoch)))
+
+    compiled = torch.compile(total, fullgraph=True, backend="aot_eager")
+    zs, zt, y = _logits(6, 10, seed=78).requires_grad_(), _logits(6, 10, seed=79), _targets(6, 10)
+    for epoch in (torch.tensor(3.0), torch.tensor(30.0)):
+        grads = torch.autograd.grad(compiled(zs, zt, y, epoch), (zs, temperature.theta))
+        expected = torch.autograd.grad(total(zs, zt, y, epoch), (zs, temperature.theta))
+        for grad, reference in zip(grads, expected):
+            torch.testing.assert_close(grad, reference)
+
+
 # --- every method -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("method", "params"), METHOD_CASES + [
@@ -483,6 +645,7 @@ def test_terms_sum_to_the_directly_computed_loss(method, params):
     zs, zt, y = _logits(12, 8, 3.0, seed=34), _logits(12, 8, 3.0, seed=35), _targets(12, 8, seed=5)
     terms = loss(zs, zt, y, 25)
     expected_names = {"ce": {"ce"}, "kd": {"ce", "kd"}, "dkd": {"ce", "tckd", "nckd"}, "wttm": {"ce", "wttm"},
+                      "nkd": {"ce", "target", "non_target"},
                       "dist": {"ce", "inter", "intra"},
                       "rckd": {"ce", "rc"} | ({"kd"} if loss.params.get("kd") else set())}[method]
     assert set(terms) == expected_names
@@ -519,13 +682,15 @@ def test_loss_compiles_as_one_graph_with_a_tensor_epoch(method, params):
 # --- registry ---------------------------------------------------------------------------------
 
 def test_available_defaults_and_resolved_params():
-    assert losses.available() == ["ce", "dist", "dkd", "kd", "mlkd", "rckd", "wttm"]
+    assert losses.available() == ["ce", "ctkd", "dist", "dkd", "kd", "mlkd", "nkd", "rckd", "wttm"]
     assert losses.defaults("kd") == {"ce": 0.1, "kd": 0.9, "T": 4.0, "ls": False}
     assert losses.defaults("dkd") == {"ce": 1.0, "alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup": 20.0, "ls": False}
     assert losses.defaults("dist") == {"ce": 1.0, "kd": 2.0, "beta": 1.0, "gamma": 1.0, "T": 4.0}
     assert losses.defaults("rckd") == {"ce": 1.0, "kd": 0.0, "rc": 5.0, "T": 4.0,
                                        "relation": "log_ratio", "kappa": 1.0, "warmup": 0.0}
     assert losses.defaults("wttm") == {"ce": 1.0, "beta": 4.0, "power": 0.2}
+    assert losses.defaults("nkd") == {"ce": 1.0, "T": 3.0, "gamma": 3.5}
+    assert losses.defaults("ctkd") == {"ce": 0.1, "kd": 0.9, "curriculum": 10.0, "ls": False}
     losses.defaults("kd")["T"] = 99.0  # a copy: the registry is unchanged
     assert losses.defaults("kd")["T"] == 4.0
     loss = losses.build("dkd", beta=2, T=8)
@@ -541,7 +706,8 @@ def test_every_catalog_method_has_terms_and_known_parameters():
         assert set(catalog.defaults(method)) <= set(catalog.PARAMETERS)
         loss = losses.build(method)
         strong = (_logits(4, 6, seed=63), _logits(4, 6, seed=64)) if loss.views == 2 else None
-        terms = loss(_logits(4, 6, seed=61), _logits(4, 6, seed=62), _targets(4, 6), 1, strong=strong)
+        learned = {"temperature": torch.tensor(4.0)} if loss.learns_temperature else {}
+        terms = loss(_logits(4, 6, seed=61), _logits(4, 6, seed=62), _targets(4, 6), 1, strong=strong, **learned)
         assert terms and all(torch.isfinite(value) for value in terms.values())
 
 
@@ -554,7 +720,7 @@ def test_parse_param_types_values_by_parameter_kind():
 
 
 @pytest.mark.parametrize(("method", "params", "message"), [
-    ("hinton", {}, "unknown loss method 'hinton'; choose one of: ce, dist, dkd, kd, mlkd, rckd, wttm"),
+    ("hinton", {}, "unknown loss method 'hinton'; choose one of: ce, ctkd, dist, dkd, kd, mlkd, nkd, rckd, wttm"),
     ("kd", {"ls": 1}, "ls (logit standardization (Sun et al., 2024) of both logits before the temperature) must be "
                       "true or false"),
     ("kd", {"tau": 4}, "unknown parameter(s) tau for loss 'kd'; allowed: ce, kd, T, ls"),
@@ -568,6 +734,9 @@ def test_parse_param_types_values_by_parameter_kind():
     ("kd", {"kd": "0.9"}, "must be a finite number"),
     ("kd", {"T": float("nan")}, "must be a finite number"),
     ("rckd", {"relation": "cosine"}, "relation must be one of log_ratio, prob_diff, rank"),
+    ("ctkd", {"curriculum": 0}, "curriculum (CTKD's curriculum length in epochs: its gradient reversal grows from 0 "
+                               "to -1) must be > 0"),
+    ("ctkd", {"T": 4}, "allowed: ce, kd, curriculum, ls"),
 ])
 def test_registry_errors_name_the_allowed_values(method, params, message):
     with pytest.raises(RckdError) as error:
@@ -585,3 +754,7 @@ def test_call_errors():
         losses.build("ce")(zs[:, :1], None, y, 1)
     with pytest.raises(RckdError, match="unknown loss method"):
         losses.defaults("nope")
+    with pytest.raises(RckdError, match="'ctkd' learns its temperature: pass temperature="):
+        losses.build("ctkd")(zs, _logits(4, 6, seed=41), y, 1)
+    with pytest.raises(RckdError, match="'kd' has a fixed temperature"):
+        losses.build("kd")(zs, _logits(4, 6, seed=41), y, 1, temperature=torch.tensor(2.0))

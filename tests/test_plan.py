@@ -37,15 +37,15 @@ def test_format_params_is_canonical():
 
 def test_the_paper_config_plans_each_run_once_with_its_role_arch_and_spec():
     paper = planned()
-    # Per seed: main 6 teachers + 9 vanilla students + 11 pairs x 6 methods = 81, capacity 15 more (its
+    # Per seed: main 6 teachers + 9 vanilla students + 11 pairs x 8 methods = 103, capacity 15 more (its
     # resnet20 and resnet32 teachers are the vanilla students of main), the RCKD ablation 7 more.
-    assert len(paper.runs) == 103
+    assert len(paper.runs) == 125
     roles = {role: [run for run in paper.runs.values() if run.role == role]
              for role in ("teacher", "vanilla", "student")}
     assert {run.arch for run in roles["teacher"]} == {"resnet56", "resnet110", "resnet32x4", "wrn_40_2", "vgg13",
                                                        "resnet50"}
-    # students: main 66, capacity 18 less main's 3 resnet56 -> resnet20 runs, ablation 8 less main's rckd run
-    assert len(roles["vanilla"]) == 9 and len(roles["student"]) == 66 + 15 + 7
+    # students: main 88, capacity 18 less main's 3 resnet56 -> resnet20 runs, ablation 8 less main's rckd run
+    assert len(roles["vanilla"]) == 9 and len(roles["student"]) == 88 + 15 + 7
     assert all(run.method == "ce" and run.teacher is None for run in roles["teacher"] + roles["vanilla"])
     dkd = paper.runs["resnet20/resnet56/dkd/beta=2/seed0"]  # the pair's own beta over the catalogue's 8
     assert (dkd.role, dkd.arch, dkd.teacher, dkd.params) == ("student", "resnet20", "resnet56", {"beta": 2.0})
@@ -57,8 +57,8 @@ def test_the_paper_config_plans_each_run_once_with_its_role_arch_and_spec():
     assert dkd.bank == "results/cifar100/runs/resnet56/none/ce/default/seed0/bank.pt"
     # auto: every teacher has more student epochs (>= 240) than the bank has views (162)
     assert all(paper.banks.values()) and len(paper.banks) == 8
-    # resnet56's students: main's 6 runs of resnet20 (capacity's 3 with resnet56 are among them)
-    assert paper.priority["resnet56/none/ce/default/seed0"] == 240 * 6
+    # resnet56's students: main's 8 runs of resnet20 (capacity's 3 with resnet56 are among them)
+    assert paper.priority["resnet56/none/ce/default/seed0"] == 240 * 8
 
 
 def test_experiments_have_their_kinds_outputs_and_labelled_runs():

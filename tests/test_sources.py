@@ -28,10 +28,14 @@ COMMITS = {
     "hunto/DIST_KD": "2418f18b1fedd7c2646a7b1b9a27d5c674c2170b",
     "hunto/image_classification_sota": "6f7a70a1dd57fd88413d83909d3d53243068f701",
     "HobbitLong/RepDistiller": "b84f547c5db6a35318d4671d7d5c4de74c822403",
+    "yzd-v/cls_KD": "1e5d48f36957ee460d39d7ebc592c6cc7f8f3d66",  # branch 1.0
+    "zhengli97/CTKD": "7d5252241259ae70d38a832371fed9697d15fc14",
+    "Jin-Ying/Multi-Level-Logit-Distillation": "5ee473fcf193dfb00a0598b64d0acfe6ad58a482",
 }
 MD, LS, TTM, RCKD = ("megvii-research/mdistiller", "sunshangquan/logit-standardization-KD", "zkxufo/TTM",
                      "saberdante/RCKD")
 SOTA = "hunto/image_classification_sota"
+NKD, CTKD, MLKD = "yzd-v/cls_KD", "zhengli97/CTKD", "Jin-Ying/Multi-Level-Logit-Distillation"
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,13 @@ CATALOG = {
              Row({"beta": 1.0, "gamma": 1.0}, SOTA, "lib/models/losses/kd_loss.py", "DIST(beta=1, gamma=1, tau)")],
     "wttm": [Row({"ce": 1.0, "beta": 4.0, "power": 0.2}, TTM, "README.md",
                  "its one WTTM example: --add wttm --ttm_l 0.2 -a 4, -r default 1")],
+    "nkd": [Row({"ce": 1.0, "T": 3.0, "gamma": 3.5}, NKD, "configs/distillers/cifar100/res34_distill_res18_cifar.py",
+                "NKDLoss temp 3.0, gamma 3.5; the student's CE weight 1")],
+    "ctkd": [Row({"ce": 0.1, "kd": 0.9, "curriculum": 10.0}, CTKD, "scripts/run_cifar_distill.sh",
+                 "-r 0.1 -a 0.9, --cosine_decay 1 --decay_max 0 --decay_min -1 --decay_loops 10"),
+             Row({"ls": False}, CTKD, "train_student.py", "no logit standardization")],
+    "mlkd": [Row({"ce": 0.1, "kd": 0.9, "T": 4.0}, MLKD, "mdistiller/engine/cfg.py",
+                 "CFG.KD: its configs/cifar100/ours/*.yaml set no KD block")],
     "rckd": [Row({"ce": 1.0, "rc": 5.0, "T": 4.0}, RCKD, "configs/cifar100/RCKD/res32x4_res8x4.yaml",
                  "RCKD.LOSS.CE_WEIGHT 1.0, KD_WEIGHT 5.0, TEMPERATURE 4"),
              Row({"kd": 0.0, "relation": "log_ratio", "kappa": 1.0, "warmup": 0.0}, RCKD,
@@ -126,7 +137,7 @@ CIFAR_PAIRS = {
 # --- config/imagenet.yaml ---------------------------------------------------------------------------
 
 
-def _imagenet(md_dir: str, ls_dir: str, dkd_beta: float, ls_ce: float) -> dict[str, list[Row]]:
+def _imagenet(md_dir: str, ls_dir: str, nkd_file: str, dkd_beta: float, ls_ce: float) -> dict[str, list[Row]]:
     return {
         "kd": [Row({"T": 1.0, "ce": 0.5, "kd": 0.5}, MD, f"configs/imagenet/{md_dir}/kd.yaml")],
         "dkd": [Row({"T": 1.0, "ce": 1.0, "beta": dkd_beta, "warmup": 1.0}, MD, f"configs/imagenet/{md_dir}/dkd.yaml")],
@@ -134,15 +145,18 @@ def _imagenet(md_dir: str, ls_dir: str, dkd_beta: float, ls_ce: float) -> dict[s
                      "kd: 'dist' (tau 1), ori_loss_weight 1, kd_loss_weight 2; DIST_KD's README runs it")],
         "kd_ls": [_LS_KD, Row({"ce": ls_ce}, LS, f"configs/imagenet/{ls_dir}/kd.yaml", "KD.LOSS.CE_WEIGHT"),
                   Row({"T": 2.0, "kd": 9.0}, LS, "README.md", "ImageNet: --logit-stand --base-temp 2 --kd-weight 9")],
+        "nkd": [Row({"T": 1.0, "gamma": 1.5}, NKD, f"configs/distillers/imagenet/{nkd_file}.py", "NKDLoss")],
+        "kd_ctkd": [Row({"ce": 1.0, "kd": 1.0, "curriculum": 5.0}, CTKD, "scripts/run_imagenet_distill.sh",
+                        "-r 1 -a 1, --decay_loops 5")],
         # RCKD: the authors' code has no ImageNet setting; their CIFAR one is assumed (docs/method.md).
         "rckd": [],
     }
 
 
 IMAGENET_PAIRS = {
-    ("tv_resnet34", "tv_resnet18"): _imagenet("r34_r18", "r34_r18", 0.5, 1.0),
+    ("tv_resnet34", "tv_resnet18"): _imagenet("r34_r18", "r34_r18", "res34_distill_res18_img", 0.5, 1.0),
     # LS's r50_mv2 "MobileNetV2" is MobileNet-V1 (its maintainer, LS issue #22).
-    ("tv_resnet50", "mobilenetv1"): _imagenet("r50_mv1", "r50_mv2", 2.0, 0.5),
+    ("tv_resnet50", "mobilenetv1"): _imagenet("r50_mv1", "r50_mv2", "res50_distill_mv1_img", 2.0, 0.5),
 }
 
 # --- training protocols and constants ---------------------------------------------------------------

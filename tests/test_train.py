@@ -22,7 +22,7 @@ from rckd.checkpoint import load_model, load_torch
 from rckd.cli import main as cli
 from rckd.errors import RckdError
 from rckd.spec import digest
-from rckd.train import TrainConfig, lr_at, train
+from rckd.train import TrainConfig, _setup, lr_at, train
 
 OPTION_ARGS = option_args(SYNTHETIC)
 
@@ -64,18 +64,36 @@ def test_teacher_learns_and_writes_its_run_directory(teacher):
     assert not (run / "resume.pt").exists()  # a finished run drops its resume checkpoint
 
 
-@pytest.mark.parametrize("method", ["kd", "dkd", "dist", "wttm", "rckd", "mlkd"])
+@pytest.mark.parametrize("method", ["kd", "dkd", "dist", "wttm", "nkd", "ctkd", "rckd", "mlkd"])
 def test_distillation_runs_for_every_method(data_root, teacher, tmp_path, method):
     metrics = train(config(data_root, tmp_path, method=method, teacher=teacher, epochs=1))
     history = read_history(tmp_path)
     terms = {"kd": {"ce", "kd"}, "dkd": {"ce", "tckd", "nckd"}, "dist": {"ce", "inter", "intra"},
-             "wttm": {"ce", "wttm"}, "rckd": {"ce", "rc"}, "mlkd": {"ce", "kd", "cc", "bc"}}[method]
+             "wttm": {"ce", "wttm"}, "nkd": {"ce", "target", "non_target"}, "ctkd": {"ce", "kd"},
+             "rckd": {"ce", "rc"}, "mlkd": {"ce", "kd", "cc", "bc"}}[method]
     assert {key[5:] for key in history[0] if key.startswith("loss_")} == terms
+    # CTKD's learned temperature: logged per epoch, moved from its start 1 + 20 sigmoid(1) = 15.62.
+    assert ("temperature" in history[0]) == (method == "ctkd")
+    if method == "ctkd":
+        assert 1 < float(history[0]["temperature"]) < 21 and float(history[0]["temperature"]) != 15.621172
     assert -1 <= float(history[0]["tau_nt"]) <= 1
     assert metrics.teacher_arch == "resnet14" and metrics.method == method
     _, meta = load_model(tmp_path / "model.pt")
     assert meta.teacher == str(teacher) and meta.params == metrics.params
     assert metrics.teacher_bank is False
+
+
+def test_ctkd_temperature_is_trained_by_the_students_sgd_with_weight_decay(data_root, teacher, tmp_path):
+    """CTKD's train_student.py puts Global_T into the student's one SGD: theta gets the student's lr,
+    momentum and weight decay, so the first step from theta = 1 is theta - lr * (grad + wd * theta)."""
+    session = _setup(config(data_root, tmp_path, method="ctkd", teacher=teacher, lr=0.1, weight_decay=0.5))
+    theta = session.temperature.theta
+    (group,) = session.optimizer.param_groups
+    assert any(parameter is theta for parameter in group["params"]) and group["weight_decay"] == 0.5
+    before = theta.detach().clone()
+    session.step(next(iter(session.batches)), torch.tensor(12.0))
+    assert float(theta.grad) != 0
+    torch.testing.assert_close(theta.detach(), before - 0.1 * (theta.grad + 0.5 * before), rtol=0, atol=1e-7)
 
 
 def run_cli(*args: str) -> subprocess.Popen:
@@ -290,8 +308,9 @@ def test_the_compiled_step_has_no_graph_breaks_and_tracks_eager(data_root, teach
 
 
 def test_sigterm_mid_epoch_writes_resume_and_the_rerun_ends_with_the_same_weights(data_root, teacher, tmp_path):
+    """A CTKD run: its learned temperature (and its momentum) is part of what resumes bit for bit."""
     args = ["--arch", "resnet8", "--dataset", "synthetic", "--data-root", str(data_root), *OPTION_ARGS,
-            "--method", "kd", "--teacher", str(teacher), "--epochs", "3", "--milestones", "2", "--batch-size", "8",
+            "--method", "ctkd", "--param", "curriculum=2", "--teacher", str(teacher), "--epochs", "3", "--milestones", "2", "--batch-size", "8",
             "--device", "cpu", "--threads", "1", "--checkpoint-every", "5"]
     whole = run_cli(*args, "--out", str(tmp_path / "whole"))
     assert whole.wait(timeout=600) == 0, whole.stdout.read()
@@ -310,6 +329,7 @@ def test_sigterm_mid_epoch_writes_resume_and_the_rerun_ends_with_the_same_weight
     assert "stopped by SIGTERM in epoch 2" in output and "rerun the same command" in output
     state = load_torch(stopped_dir / "resume.pt")
     assert state["epoch"] == 1 and 0 < state["batches"]["position"] < 100 and state["partial"] is not None
+    assert state["temperature"]["theta"].shape == ()
     assert not (stopped_dir / "model.pt").exists()
 
     resumed = run_cli(*args, "--out", str(stopped_dir))
@@ -319,8 +339,10 @@ def test_sigterm_mid_epoch_writes_resume_and_the_rerun_ends_with_the_same_weight
     expected = load_torch(tmp_path / "whole" / "model.pt")["state_dict"]
     actual = load_torch(stopped_dir / "model.pt")["state_dict"]
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
-    assert [{k: v for k, v in row.items() if k != "seconds"} for row in read_history(stopped_dir)] == \
+    history = read_history(stopped_dir)
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in history] == \
         [{k: v for k, v in row.items() if k != "seconds"} for row in read_history(tmp_path / "whole")]
+    assert len({row["temperature"] for row in history}) == 3  # it moved in every epoch, and resumed exactly
     assert_curves_equal_history(stopped_dir)
 
 

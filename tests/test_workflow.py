@@ -33,13 +33,13 @@ def test_default_config_plans_every_job_once(tmp_path):
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     paper = planned()
-    assert len(paper.runs) == 103  # tests/test_plan.py counts them
+    assert len(paper.runs) == 125  # tests/test_plan.py counts them
     assert counts == {
         "prepare_data": 1, "train": len(paper.runs), "evaluate": len(paper.runs), "summarize": 3, "table": 3,
         "plot": 3, "teacher_bank": sum(paper.banks.values()), "export_onnx": len(paper.exports), "bench": 1, "all": 1,
         "total": counts["total"],
     }
-    assert sum(paper.banks.values()) == 8 and len(paper.exports) == 9 + 11 * 6  # main's students, first seed
+    assert sum(paper.banks.values()) == 8 and len(paper.exports) == 9 + 11 * 8  # main's students, first seed
 
 
 @pytest.mark.parametrize("configfile", ["config", "quick", "fashion", "imagenet"])
@@ -104,18 +104,18 @@ def test_published_teachers_are_imported_not_trained(tmp_path):
 
 
 def test_imagenet_config_plans_its_table_with_imported_teachers_and_data_parallel_runs(tmp_path):
-    """config/imagenet.yaml: 2 pairs x (vanilla + 5 methods) trained by torchrun on 8 processes with the
-    total batch 512, torchvision's teachers imported (downloaded by the job), no bank, 12 students exported."""
+    """config/imagenet.yaml: 2 pairs x (vanilla + 7 methods) trained by torchrun on 8 processes with the
+    total batch 512, torchvision's teachers imported (downloaded by the job), no bank, 16 students exported."""
     result = snakemake(tmp_path, "-n", "-p", "--configfile", str(ROOT / "config" / "imagenet.yaml"),
                        "--resources", "gpu=8")
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
     assert {rule: counts.get(rule, 0) for rule in ("train", "import_teacher", "evaluate", "export_onnx",
                                                    "teacher_bank")} == {
-        "train": 12, "import_teacher": 2, "evaluate": 14, "export_onnx": 12, "teacher_bank": 0}
+        "train": 16, "import_teacher": 2, "evaluate": 18, "export_onnx": 16, "teacher_bank": 0}
     commands = re.findall(r"python -m torch\.distributed\.run --standalone --nproc_per_node 8 -m rckd train (.*?) "
                           r"--out (\S+)", result.stdout)
-    assert len(commands) == 12
+    assert len(commands) == 16
     specs = [spec_of(args) for args, _ in commands]
     assert all(spec["dataset"] == "imagenet" and spec["batch_size"] == 512 and spec["lr"] == 0.2
                and spec["milestones"] == [30, 60, 90] for spec in specs)
@@ -124,6 +124,8 @@ def test_imagenet_config_plans_its_table_with_imported_teachers_and_data_paralle
     assert students == {"tv_resnet18", "mobilenetv1"}
     assert "import-teacher --source torchvision --arch tv_resnet34" in result.stdout
     assert any("/mobilenetv1/tv_resnet50/dkd/T=1,beta=2,warmup=1/" in out for _, out in commands)
+    assert any("/tv_resnet18/tv_resnet34/ctkd/ce=1,curriculum=5,kd=1/" in out for _, out in commands)
+    assert any("/tv_resnet18/tv_resnet34/nkd/T=1,gamma=1.5/" in out for _, out in commands)
 
 
 @pytest.mark.slow

@@ -34,10 +34,12 @@ PARAMETERS: dict[str, Parameter] = {
     "rc": Parameter("the relative-confidence (cosine) weight"),
     "alpha": Parameter("the DKD target-class (TCKD) weight"),
     "beta": Parameter("the DKD non-target (NCKD), DIST inter-class or WTTM weight"),
-    "gamma": Parameter("the DIST intra-class weight"),
+    "gamma": Parameter("the DIST intra-class or NKD non-target weight"),
     "T": Parameter("the softmax temperature", "positive"),
     "kappa": Parameter("the rank relation's tanh scale", "positive"),
     "power": Parameter("the WTTM teacher power transform gamma (1/T of its paper)", "positive"),
+    "curriculum": Parameter("CTKD's curriculum length in epochs: its gradient reversal grows from 0 to -1",
+                            "positive"),
     "warmup": Parameter("the warm-up length in epochs of the distillation terms, 0 for none"),
     "ls": Parameter("logit standardization (Sun et al., 2024) of both logits before the temperature", "flag"),
     "relation": Parameter("the relative confidence relation", "choice", RELATIONS),
@@ -50,6 +52,8 @@ class Method:
     needs_teacher: bool
     summary: str
     views: int = 1  # 2: the loss also sees a second, strongly augmented view of each batch (rckd.data.strong)
+    # The trainer learns the temperature (CTKD, rckd.ctkd) and passes it to every call of the loss.
+    learns_temperature: bool = False
 
 
 METHODS: dict[str, Method] = {
@@ -62,6 +66,11 @@ METHODS: dict[str, Method] = {
                    "Huang et al. (2022): inter- and intra-class Pearson correlation of probabilities"),
     "wttm": Method({"ce": 1.0, "beta": 4.0, "power": 0.2}, True,
                    "Zheng and Yang (2024): sample-weighted KL to the power-transformed teacher"),
+    "nkd": Method({"ce": 1.0, "T": 3.0, "gamma": 3.5}, True,
+                  "Yang et al. (2023): teacher-weighted target CE + gamma T^2 non-target soft CE"),
+    "ctkd": Method({"ce": 0.1, "kd": 0.9, "curriculum": 10.0, "ls": False}, True,
+                   "Li et al. (2023): KD with a global temperature learned adversarially (KD+CTKD)",
+                   learns_temperature=True),
     "rckd": Method({"ce": 1.0, "kd": 0.0, "rc": 5.0, "T": 4.0, "relation": "log_ratio", "kappa": 1.0,
                     "warmup": 0.0}, True,
                    "the authors' RCKD: T^2 (1 - cosine) of relative confidence matrices; kd>0 adds KL"),

@@ -7,6 +7,8 @@ tensor value on the host, so all of it traces under `torch.compile` and CUDA gra
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -85,6 +87,24 @@ def dkd_divergences(logits_s: Tensor, logits_t: Tensor, target: Tensor,
     binary_s, non_target_s = split(logits_s)
     binary_t, non_target_t = split(logits_t)
     return kl_divergence(binary_t, binary_s), kl_divergence(non_target_t, non_target_s)
+
+
+def nkd_cross_entropies(logits_s: Tensor, logits_t: Tensor, target: Tensor,
+                        temperature: float) -> tuple[Tensor, Tensor]:
+    """Per-sample target and non-target cross-entropies of NKD (Yang et al., ICCV 2023).
+
+    target: -p_t[y] log p_s[y] at temperature 1. non-target: -sum_{j != y} q_t,j log q_s,j with q the
+    softmax(z / T) of the logits with the target column removed; a cross-entropy, not a KL (it keeps
+    the teacher's entropy). The column is removed by masking it to -inf, which gives the same
+    distributions as dropping it without a data-dependent shape.
+    """
+    is_target = F.one_hot(target, logits_s.shape[-1]).bool()
+    log_p_s = F.log_softmax(logits_s, -1).gather(-1, target[:, None]).squeeze(-1)
+    p_t = F.softmax(logits_t, -1).gather(-1, target[:, None]).squeeze(-1)
+    log_q_s = F.log_softmax(logits_s.masked_fill(is_target, float("-inf")) / temperature, -1)
+    q_t = F.softmax(logits_t.masked_fill(is_target, float("-inf")) / temperature, -1)
+    # q_t is exactly 0 at the target; a 0 log-probability there avoids 0 * -inf = nan.
+    return -p_t * log_p_s, -(q_t * log_q_s.masked_fill(is_target, 0.0)).sum(-1)
 
 
 def _cosine_from_moments(inner: Tensor, square_x: Tensor, square_y: Tensor) -> Tensor:
@@ -218,3 +238,34 @@ def warmup_scale(epoch: int | float | Tensor, warmup: float) -> float | Tensor:
     if isinstance(epoch, Tensor):
         return (epoch.to(torch.float32) / warmup).clamp(max=1.0)
     return min(epoch / warmup, 1.0)
+
+
+def gradient_reversal(x: Tensor, scale: Tensor | float) -> Tensor:
+    """`x` in the forward pass; the gradient reaching `x` is multiplied by `scale` (a negative scale
+    reverses it: Ganin and Lempitsky's gradient-reversal layer, as CTKD uses it). x - x.detach() is
+    exactly 0, so the value is `x` bit for bit, and no custom autograd function is needed."""
+    return x.detach() + scale * (x - x.detach())
+
+
+def ctkd_lambda(epoch: int | float | Tensor, epochs: float) -> float | Tensor:
+    """CTKD's curriculum: the gradient-reversal scale of (1-based) `epoch`, from 0 down to -1 along a
+    half cosine over the first `epochs` epochs, then -1: (cos(pi * min(epoch, epochs) / epochs) - 1) / 2.
+
+    This is zhengli97/CTKD's CosineDecay(max_value=0, min_value=-1, num_loops=epochs).get_value(epoch)
+    (train_student.py, commit 7d52522; `--decay_max 0 --decay_min -1 --decay_loops 10` for CIFAR, 5 for
+    ImageNet), called once per epoch with epochs counted from 1.
+    """
+    if isinstance(epoch, Tensor):
+        progress = epoch.to(torch.float32).clamp(0.0, epochs) / epochs
+        return (torch.cos(math.pi * progress) - 1) / 2
+    return (math.cos(math.pi * min(max(epoch, 0), epochs) / epochs) - 1) / 2
+
+
+# CTKD's temperature range: T = CTKD_T_START + CTKD_T_SPAN * sigmoid(theta) lies in (1, 21)
+# (zhengli97/CTKD helper/loops.py, `opt.t_start + opt.t_end * torch.sigmoid(temp)`, defaults 1 and 20).
+CTKD_T_START, CTKD_T_SPAN = 1.0, 20.0
+
+
+def ctkd_temperature(theta: Tensor) -> Tensor:
+    """CTKD's global temperature from its unconstrained parameter: 1 + 20 sigmoid(theta)."""
+    return CTKD_T_START + CTKD_T_SPAN * torch.sigmoid(theta)

@@ -20,6 +20,7 @@ from rckd.losses.functional import (
     at_least_float32,
     dkd_divergences,
     kd_divergence,
+    nkd_cross_entropies,
     pearson,
     relation_cosine,
     standardize,
@@ -72,6 +73,17 @@ def _dkd_terms(params: dict[str, Any], logits_s: Tensor, logits_t: Tensor, targe
 DIST_NORM_EPS = 1e-8
 
 
+def _nkd_terms(params: dict[str, Any], logits_s: Tensor, logits_t: Tensor, target: Tensor,
+               epoch: Epoch) -> Terms:
+    temperature = params["T"]
+    target_ce, non_target_ce = nkd_cross_entropies(logits_s, logits_t, target, temperature)
+    return {
+        "ce": params["ce"] * F.cross_entropy(logits_s, target),
+        "target": target_ce.mean(),
+        "non_target": params["gamma"] * temperature**2 * non_target_ce.mean(),
+    }
+
+
 def _dist_terms(params: dict[str, Any], logits_s: Tensor, logits_t: Tensor, target: Tensor,
                 epoch: Epoch) -> Terms:
     temperature = params["T"]
@@ -115,6 +127,8 @@ TERMS: dict[str, TermsFn] = {
     "ce": _ce_terms,
     "kd": _kd_terms,
     "dkd": _dkd_terms,
+    "nkd": _nkd_terms,
+    "ctkd": _kd_terms,  # KD's terms at the temperature the trainer learns (rckd.ctkd)
     "dist": _dist_terms,
     "wttm": _wttm_terms,
     "rckd": _rckd_terms,
@@ -130,6 +144,8 @@ class DistillLoss:
     float64); `epoch` may be a Python number or a 0-dim tensor, as a CUDA-graph step feeds it.
     A two-view method (`views == 2`, MLKD) also takes `strong=(student, teacher)`, the logits of
     a second, strongly augmented view of the same images; one-view methods take none.
+    A method that learns its temperature (`learns_temperature`, CTKD) takes it as a 0-dim tensor
+    in `temperature=` on every call; the gradient reaches it through the terms.
     """
 
     method: str
@@ -138,9 +154,16 @@ class DistillLoss:
     temperature: float | None
     _terms: TermsFn = field(repr=False)
     views: int = 1
+    learns_temperature: bool = False
 
     def __call__(self, logits_s: Tensor, logits_t: Tensor | None, target: Tensor,
-                 epoch: Epoch, strong: tuple[Tensor, Tensor] | None = None) -> Terms:
+                 epoch: Epoch, strong: tuple[Tensor, Tensor] | None = None,
+                 temperature: Tensor | None = None) -> Terms:
+        if (temperature is None) == self.learns_temperature:
+            raise RckdError(f"loss {self.method!r} learns its temperature: pass temperature= (rckd.ctkd)"
+                            if self.learns_temperature else
+                            f"loss {self.method!r} has a fixed temperature; it takes no temperature=")
+        params = self.params if temperature is None else {**self.params, "T": temperature}
         if logits_s.ndim != 2 or logits_s.shape[-1] < 2:
             raise RckdError(f"student logits must have shape [batch, classes>=2], got {tuple(logits_s.shape)}")
         if self.needs_teacher:
@@ -151,7 +174,7 @@ class DistillLoss:
                                 f"{tuple(logits_s.shape)}; teacher and student need the same classes")
             logits_t = at_least_float32(logits_t.detach())
         second = self._second_view(logits_s, strong)
-        return self._terms(self.params, at_least_float32(logits_s), logits_t, target, epoch, *second)
+        return self._terms(params, at_least_float32(logits_s), logits_t, target, epoch, *second)
 
     def _second_view(self, logits_s: Tensor, strong: tuple[Tensor, Tensor] | None) -> tuple[Tensor, ...]:
         """() for a one-view method, else the strong view's (student, teacher) logits, checked."""
@@ -171,6 +194,6 @@ class DistillLoss:
 
 def build(method: str, **params: Any) -> DistillLoss:
     """The loss `method` with `params` overriding its defaults; bad names or values raise RckdError."""
-    resolved = catalog.resolve(method, params)
-    spec = catalog.method(method)
-    return DistillLoss(method, resolved, spec.needs_teacher, resolved.get("T"), TERMS[method], spec.views)
+    resolved, spec = catalog.resolve(method, params), catalog.method(method)
+    return DistillLoss(method, resolved, spec.needs_teacher, resolved.get("T"), TERMS[method], spec.views,
+                       spec.learns_temperature)

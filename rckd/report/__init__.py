@@ -15,7 +15,7 @@ from typing import Any
 from rckd.errors import RckdError
 
 # The paper's column order; methods not listed here follow in alphabetical order.
-METHOD_ORDER = ("ce", "kd", "dkd", "dist", "kd_ls", "dkd_ls", "wttm", "rckd")
+METHOD_ORDER = ("ce", "kd", "dkd", "dist", "kd_ls", "dkd_ls", "wttm", "nkd", "kd_ctkd", "rckd")
 METHOD_LABELS = {"ce": "Vanilla", "dist": "DIST", "wttm": "WTTM"}
 # summary.csv column of each --metric choice: the best epoch's test top-1 (as papers report) or the last's.
 TOP1_COLUMN = {"best": "best_top1", "final": "final_top1"}
