@@ -211,8 +211,8 @@ class Paired:
 def paired(rows: list[Row], column: str, method: str, baseline: str) -> Paired:
     by_run: dict[tuple[str, str, str, int], float] = {}
     for row in rows:
-        if row["teacher"] and row["method"] in (method, baseline) and row[column] is not None:
-            by_run[row["method"], row["teacher"], row["student"], row["seed"]] = row[column]
+        if row["role"] == "student" and row["method"] in (method, baseline) and row[column] is not None:
+            by_run[row["method"], row["teacher"], row["arch"], row["seed"]] = row[column]
     matched = sorted(key[1:] for key in by_run if key[0] == method and (baseline, *key[1:]) in by_run)
     differences = tuple(by_run[(method, *key)] - by_run[(baseline, *key)] for key in matched)
     return Paired(method, baseline, differences, len({key[:2] for key in matched}))
@@ -310,8 +310,23 @@ def main_table(rows: list[Row], metric: str, published: PublishedSet | None) -> 
     header = ["Teacher → Student", "Teacher", "Vanilla student", *map(method_label, methods)]
     header += ["RCKD − KD"] if show_difference else []
     markdown = (f"### Main: {METRIC_NAME[metric]} test top-1 (%)\n\n{METRIC_NOTE[metric]} {legend(expected)} "
-                "Bold: the best student of the row.\n\n" + markdown_table(header, body))
+                f"Bold: the best student of the row.{schedule_note(rows)}\n\n" + markdown_table(header, body))
     return Section(markdown, csv_rows)
+
+
+def schedule_note(rows: list[Row]) -> str:
+    """A caption sentence naming each schedule (epochs, and lr where the summary has it) of the distilled
+    runs when they do not all train for the same number of epochs (e.g. MLKD's per-pair protocol), so
+    pairs are not compared as if trained alike; "" when they do."""
+    distilled = [row for row in rows if row["role"] == "student"]
+    if len({row["epochs"] for row in distilled}) < 2:
+        return ""
+    pairs_by_schedule: dict[str, set[str]] = {}
+    for row in sorted(distilled, key=lambda row: (row["epochs"], row["lr"] or 0.0)):
+        lr = "" if row["lr"] is None else f" at lr {row['lr']:g}"
+        pairs_by_schedule.setdefault(f"{row['epochs']} epochs{lr}", set()).add(f"{row['teacher']} → {row['arch']}")
+    schedules = "; ".join(f"{schedule}: {', '.join(sorted(pairs))}" for schedule, pairs in pairs_by_schedule.items())
+    return f" The distilled students train under different schedules, so compare pairs with care: {schedules}."
 
 
 def main_report(rows: list[Row], metric: str, published: PublishedSet | None) -> Section:
