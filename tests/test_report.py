@@ -231,6 +231,30 @@ def test_main_table_means_stds_bold_deltas_and_missing(tmp_path):
     assert "rckd_published" not in rows["resnet56"]  # nobody published RCKD numbers
 
 
+def test_main_table_states_schedules_that_differ_between_pairs(tmp_path):
+    """MLKD's protocol: its pairs train for 240, 480 or 960 epochs at their own lr. The caption names each
+    schedule with its pairs, and each pair's vanilla student is the one trained under its schedule."""
+    rows = [summary_row("", teacher, "ce", 0, accuracy, role="teacher")
+            for teacher, accuracy in (("resnet56", 72.0), ("resnet32x4", 79.0), ("wrn_40_2", 76.0))]
+    for teacher, student, epochs, lr, vanilla, mlkd in (("resnet56", "resnet20", 240, 0.025, 69.0, 71.0),
+                                                         ("resnet32x4", "shufflenetv1", 960, 0.01, 71.0, 77.0),
+                                                         ("wrn_40_2", "shufflenetv1", 480, 0.01, 70.0, 76.0)):
+        rows += [summary_row("", student, "ce", 0, vanilla, epochs=epochs, lr=lr),
+                 summary_row(teacher, student, "mlkd", 0, mlkd, epochs=epochs, lr=lr)]
+    markdown = tables.build_report("mlkd", "main", rows_from_csv(tmp_path, rows), "best", None,
+                                   tmp_path / "summary.csv")[0]
+    assert ("The distilled students train under different schedules, so compare pairs with care: "
+            "240 epochs at lr 0.025: resnet56 → resnet20; 480 epochs at lr 0.01: wrn_40_2 → shufflenetv1; "
+            "960 epochs at lr 0.01: resnet32x4 → shufflenetv1.") in markdown
+    lines = table_lines(markdown, "Main: best-epoch")
+    assert lines[2:] == ["| resnet32x4 → shufflenetv1 | 79.00 | 71.00 | **77.00** |",
+                         "| resnet56 → resnet20 | 72.00 | 69.00 | **71.00** |",
+                         "| wrn_40_2 → shufflenetv1 | 76.00 | 70.00 | **76.00** |"]
+    uniform = tables.build_report("main", "main", rows_from_csv(tmp_path, main_rows()), "best", None,
+                                  tmp_path / "summary.csv")[0]
+    assert "different schedules" not in uniform
+
+
 def test_published_sources_must_state_their_statistic(tmp_path):
     path = tmp_path / "published.yaml"
     path.write_text("sources: {repdistiller: {url: https://github.com/HobbitLong/RepDistiller}}\n"

@@ -95,10 +95,16 @@ def runs_of(groups: Groups, teacher: str, arch: str, method: str) -> list[Row]:
     return [row for setting in groups.get((teacher, arch, method), {}).values() for row in setting]
 
 
-def vanilla_runs(groups: Groups, arch: str) -> list[Row]:
+def vanilla_runs(groups: Groups, arch: str, teacher: str = "") -> list[Row]:
     """The vanilla student: the runs of `arch` in role vanilla (a teacher of the same architecture is
-    not one, unless the plan made it the same run)."""
-    return [row for row in runs_of(groups, "", arch, "ce") if row["role"] == "vanilla"]
+    not one, unless the plan made it the same run). Given the pair's `teacher`, only those under the
+    schedule (epochs, lr) of the pair's distilled runs, beside which the plan trains them: pairs of one
+    student may train for different epochs (MLKD's)."""
+    schedules = {(row["epochs"], row["lr"]) for (pair_teacher, pair_arch, _), settings in groups.items()
+                 if teacher and (pair_teacher, pair_arch) == (teacher, arch)
+                 for setting in settings.values() for row in setting}
+    return [row for row in runs_of(groups, "", arch, "ce")
+            if row["role"] == "vanilla" and (not schedules or (row["epochs"], row["lr"]) in schedules)]
 
 
 def teacher_runs(groups: Groups, teacher: str, student: str) -> list[Row]:

@@ -127,7 +127,7 @@ def curves_figure(rows: list[Row], metric: str) -> Figure:
     for index, (teacher, student) in enumerate(pairs):
         panel_row, panel_column = index // columns, 2 * (index % columns)
         top1_axes, tau_axes = grid[panel_row][panel_column], grid[panel_row][panel_column + 1]
-        vanilla = vanilla_runs(groups, student)
+        vanilla = vanilla_runs(groups, student, teacher)
         if vanilla:
             _line(top1_axes, [read_history(row["run"]) for row in vanilla], "test_top1", "Vanilla student (CE)",
                   METHOD_COLORS["ce"], dashed=True)
@@ -256,7 +256,7 @@ def ablation_figure(rows: list[Row], metric: str) -> Figure:
         teacher, student = pair
         variant_rows = [groups[teacher, student, method][params] for method, params in variants[pair]]
         colors = [method_color(method, methods) for method, _ in variants[pair]]
-        vanilla = stat(row[column] for row in vanilla_runs(groups, student))
+        vanilla = stat(row[column] for row in vanilla_runs(groups, student, teacher))
         _bars(top1_axes, [stat(row[column] for row in group) for group in variant_rows], colors, 2,
               None if vanilla is None else vanilla.mean)
         _bars(tau_axes, [stat(row[TAU_COLUMN[metric]] for row in group) for group in variant_rows], colors, 3)

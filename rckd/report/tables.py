@@ -96,9 +96,9 @@ def single_dataset(rows: list[Row], summary: Path) -> str:
     return datasets[0]
 
 
-def vanilla_stat(groups: Groups, arch: str, column: str) -> Stat | None:
-    """The vanilla student column: `arch` trained alone, over all its seeds."""
-    return stat(row[column] for row in vanilla_runs(groups, arch))
+def vanilla_stat(groups: Groups, arch: str, column: str, teacher: str = "") -> Stat | None:
+    """The vanilla student column: `arch` trained alone (beside the pair of `teacher`), over all its seeds."""
+    return stat(row[column] for row in vanilla_runs(groups, arch, teacher))
 
 
 def teacher_stat(groups: Groups, pair: tuple[str, str], column: str) -> Stat | None:
@@ -109,7 +109,7 @@ def teacher_stat(groups: Groups, pair: tuple[str, str], column: str) -> Stat | N
 
 def pair_cells(groups: Groups, pair: tuple[str, str], methods: list[str], column: str) -> dict[str, Stat | None]:
     """A main-table row: the teacher and the student trained alone, and the student under each method."""
-    return {"teacher": teacher_stat(groups, pair, column), "vanilla": vanilla_stat(groups, pair[1], column),
+    return {"teacher": teacher_stat(groups, pair, column), "vanilla": vanilla_stat(groups, pair[1], column, pair[0]),
             **{method: stat(row[column] for row in runs_of(groups, *pair, method)) for method in methods}}
 
 
@@ -471,7 +471,7 @@ def ablation_table(rows: list[Row], metric: str, published: PublishedSet | None 
         top1_texts = bold_best(top1, [format_stat(cell, expected_n=expected_top1) for cell in top1])
         body = [[teacher, "Teacher (CE)", NOT_APPLICABLE, format_stat(teacher_stat(groups, (teacher, student), column)),
                  NOT_APPLICABLE],
-                [student, method_label("ce"), NOT_APPLICABLE, format_stat(vanilla_stat(groups, student, column)),
+                [student, method_label("ce"), NOT_APPLICABLE, format_stat(vanilla_stat(groups, student, column, teacher)),
                  NOT_APPLICABLE]]
         for (method, params, _), top1_text, top1_cell, tau_cell in zip(variants, top1_texts, top1, tau):
             values = parse_params(params)
