@@ -72,7 +72,8 @@ def summary_row(teacher: str, arch: str, method: str, seed: int, best: float, pa
     student with a teacher, else `role` (vanilla unless told teacher)."""
     row = {column: "" for column in COLUMNS}
     row.update(experiment="x", dataset="cifar100", role="student" if teacher else role or "vanilla", arch=arch,
-               teacher=teacher, method=method, params=params, seed=seed, epochs=epochs, lr=lr, num_params=1, best_top1=best, final_top1=best - 1 if final is None else final,
+               teacher=teacher, method=method, params=params, seed=seed, epochs=epochs, lr=lr, num_params=1,
+               best_top1=best, final_top1=best - 1 if final is None else final,
                wall_seconds=1.0, tau_nt="" if tau is None else tau,
                best_tau_nt=next((value for value in (best_tau, tau) if value is not None), ""),
                run=f"runs/{arch}/{teacher or 'none'}/{method}/{params or 'default'}/seed{seed}",

@@ -469,10 +469,10 @@ def ablation_table(rows: list[Row], metric: str, published: PublishedSet | None 
         tau = [stat(row[TAU_COLUMN[metric]] for row in setting_rows) for _, _, setting_rows in variants]
         expected_top1, expected_tau = expected_counts(top1), expected_counts(tau)
         top1_texts = bold_best(top1, [format_stat(cell, expected_n=expected_top1) for cell in top1])
+        vanilla = vanilla_stat(groups, student, column, teacher)
         body = [[teacher, "Teacher (CE)", NOT_APPLICABLE, format_stat(teacher_stat(groups, (teacher, student), column)),
                  NOT_APPLICABLE],
-                [student, method_label("ce"), NOT_APPLICABLE, format_stat(vanilla_stat(groups, student, column, teacher)),
-                 NOT_APPLICABLE]]
+                [student, method_label("ce"), NOT_APPLICABLE, format_stat(vanilla), NOT_APPLICABLE]]
         for (method, params, _), top1_text, top1_cell, tau_cell in zip(variants, top1_texts, top1, tau):
             values = parse_params(params)
             setting = ", ".join(f"{name}={values[name]}" for name in split[method][0] if name in values)
