@@ -102,7 +102,7 @@ def test_the_post_deploy_script_installs_the_checkout_into_a_fresh_environment(t
 def test_a_job_refuses_an_rckd_that_is_not_the_workflows(tmp_path):
     """Rules export RCKD_WORKFLOW; `python -m rckd` of another checkout (or env) stops with the fix."""
     command = [sys.executable, "-m", "rckd", "summarize", "--experiment", "x", "--runs", str(tmp_path),
-               "--out", str(tmp_path / "summary.csv")]
+               "--roles", "vanilla", "--out", str(tmp_path / "summary.csv")]
     other = subprocess.run(command, env={**os.environ, "RCKD_WORKFLOW": str(tmp_path)}, capture_output=True,
                            text=True, cwd=tmp_path)
     assert other.returncode == 2

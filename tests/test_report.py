@@ -63,17 +63,20 @@ def make_run(root: Path, name: str, arch: str, method: str = "ce", teacher: str 
     return run
 
 
-def summary_row(teacher: str, student: str, method: str, seed: int, best: float, params: str = "",
+def summary_row(teacher: str, arch: str, method: str, seed: int, best: float, params: str = "",
                 final: float | None = None, tau: float | None = None, teacher_seed: int = 0,
-                best_tau: float | None = None) -> dict:
+                best_tau: float | None = None, role: str | None = None, epochs: int = 240,
+                lr: float = 0.05) -> dict:
     """A summary.csv row (tau_nt of the final weights, best_tau_nt of the best epoch's: `best_tau`, else
-    `tau`); a distilled run's teacher is the `ce` run of its teacher arch with teacher_seed."""
+    `tau`); a distilled run's teacher is the `ce` run of its teacher arch with teacher_seed. Its role:
+    student with a teacher, else `role` (vanilla unless told teacher)."""
     row = {column: "" for column in COLUMNS}
-    row.update(experiment="x", dataset="cifar100", teacher=teacher, student=student, method=method, params=params,
-               seed=seed, epochs=240, num_params=1, best_top1=best, final_top1=best - 1 if final is None else final,
+    row.update(experiment="x", dataset="cifar100", role="student" if teacher else role or "vanilla", arch=arch,
+               teacher=teacher, method=method, params=params, seed=seed, epochs=epochs, lr=lr, num_params=1,
+               best_top1=best, final_top1=best - 1 if final is None else final,
                wall_seconds=1.0, tau_nt="" if tau is None else tau,
                best_tau_nt=next((value for value in (best_tau, tau) if value is not None), ""),
-               run=f"runs/{student}/{teacher or 'none'}/{method}/{params or 'default'}/seed{seed}",
+               run=f"runs/{arch}/{teacher or 'none'}/{method}/{params or 'default'}/seed{seed}",
                teacher_run=f"runs/{teacher}/none/ce/default/seed{teacher_seed}" if teacher else "")
     return row
 
@@ -94,11 +97,12 @@ def test_summarize_writes_one_row_per_run(tmp_path):
                   teacher_run=teacher, best_tau=0.45)
     out = tmp_path / "results" / "summary.csv"
     assert cli(["summarize", "--experiment", "main", "--runs", str(kd), str(student), str(teacher), str(teacher),
-                "--out", str(out)]) == 0
+                "--roles", "student", "vanilla", "teacher", "teacher", "--out", str(out)]) == 0
     with open(out, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(row["teacher"], row["student"], row["method"]) for row in rows] == [
-        ("", "resnet20", "ce"), ("", "resnet56", "ce"), ("resnet56", "resnet20", "kd")]
+    assert [(row["role"], row["teacher"], row["arch"], row["method"]) for row in rows] == [
+        ("vanilla", "", "resnet20", "ce"), ("teacher", "", "resnet56", "ce"), ("student", "resnet56", "resnet20", "kd")]
+    assert "student" not in rows[0]  # the arch column is `arch`, whatever the role
     ce, _, kd_row = rows
     assert kd_row["params"] == "T=4,kd=0.9" and kd_row["experiment"] == "main" and kd_row["dataset"] == "cifar100"
     assert kd_row["tau_nt"] == "0.4" and kd_row["best_top1"] == "70.5" and kd_row["run"] == str(kd)
@@ -111,17 +115,33 @@ def test_summarize_writes_one_row_per_run(tmp_path):
 
 def test_summarize_refuses_unfinished_and_duplicate_runs(tmp_path, capsys):
     (tmp_path / "unfinished").mkdir()
-    assert cli(["summarize", "--experiment", "main", "--runs", str(tmp_path / "unfinished"),
+    assert cli(["summarize", "--experiment", "main", "--runs", str(tmp_path / "unfinished"), "--roles", "vanilla",
                 "--out", str(tmp_path / "s.csv")]) == 2
     assert "no metrics.json" in capsys.readouterr().err
     first, second = make_run(tmp_path, "a", "resnet20"), make_run(tmp_path, "b", "resnet20")
-    with pytest.raises(RckdError, match="same teacher, student, method"):
-        summarize("main", [first, second])
+    with pytest.raises(RckdError, match="same teacher, arch, method"):
+        summarize("main", [first, second], ["vanilla", "vanilla"])
     metrics = json.loads((first / "metrics.json").read_text())
     del metrics["wall_seconds"]
     (first / "metrics.json").write_text(json.dumps(metrics))
     with pytest.raises(RckdError, match=rf"^{first / 'metrics.json'}: run metrics with key 'wall_seconds' missing"):
-        summarize("main", [first])
+        summarize("main", [first], ["vanilla"])
+
+
+def test_summarize_takes_each_runs_role_from_the_plan_and_checks_it(tmp_path, capsys):
+    teacher = make_run(tmp_path, "t", "resnet56")
+    kd = make_run(tmp_path, "kd", "resnet20", "kd", "resnet56", teacher_run=teacher)
+    with pytest.raises(RckdError, match="--roles gives 1 names for 2 --runs"):
+        summarize("main", [teacher, kd], ["teacher"])
+    with pytest.raises(RckdError, match=rf"^{kd}: given the role vanilla, but it was trained from teacher resnet56"):
+        summarize("main", [teacher, kd], ["teacher", "vanilla"])
+    with pytest.raises(RckdError, match=rf"^{teacher}: given the role student, but it was trained without a teacher"):
+        summarize("main", [teacher, kd], ["student", "student"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["summarize", "--experiment", "main", "--runs", str(teacher), "--out", str(tmp_path / "s.csv")])
+    assert exit_info.value.code == 2
+    assert "required: --roles" in capsys.readouterr().err  # never guessed: the plan gives it
+    assert [row["role"] for row in summarize("main", [teacher, kd], ["vanilla", "student"])] == ["vanilla", "student"]
 
 
 # --- tables -------------------------------------------------------------------------------------
@@ -137,18 +157,21 @@ def test_an_imported_teachers_row_takes_its_accuracy_from_its_evaluation(tmp_pat
                 "std": [0.2] * 3, "classes": ["a", "b"]}
     origin = Origin(source="mdistiller", source_file="t.tar:resnet56.pth", source_sha256="ab", num_tensors=2)
     save_teacher(run / "model.pt", torch.nn.Linear(2, 2), "resnet56", data_set, origin, run / "metrics.json", 240)
-    row = run_row("main", run)
+    row = run_row("main", run, "teacher")
     assert (row["best_top1"], row["final_top1"], row["top1"], row["best_top5"]) == ("", "", "", "")
     EvalRecord(model=str(run / "model.pt"), arch="resnet56", dataset="cifar100", method="ce", params={}, seed=0,
                num_test=100, ece_bins=15, device="cpu", teacher=None, top1=72.5, top5=91.0, nll=1.0,
                ece=0.05).write(run / "eval.json")
-    row = run_row("main", run)
+    row = run_row("main", run, "teacher")
     assert (row["best_top1"], row["final_top1"], row["top1"], row["best_top5"]) == (72.5, 72.5, 72.5, 91.0)
-    assert (row["student"], row["teacher"], row["epochs"], row["num_params"]) == ("resnet56", "", 240, 6)
+    assert (row["role"], row["arch"], row["teacher"], row["epochs"], row["num_params"]) == (
+        "teacher", "resnet56", "", 240, 6)
+    assert row["lr"] == ""  # not trained here
 
 
 def main_rows() -> list[dict]:
-    rows = [summary_row("", "resnet56", "ce", 0, 72.00), summary_row("", "vgg13", "ce", 0, 74.00)]
+    rows = [summary_row("", "resnet56", "ce", 0, 72.00, role="teacher"),
+            summary_row("", "vgg13", "ce", 0, 74.00, role="teacher")]
     for seed, (vanilla, kd, dkd, dist, rckd) in enumerate([(69.0, 70.0, 71.0, 71.5, 72.0),
                                                            (69.2, 70.4, 71.2, 71.1, 72.6),
                                                            (69.4, 70.2, 71.4, 71.3, 72.1)]):
@@ -209,6 +232,30 @@ def test_main_table_means_stds_bold_deltas_and_missing(tmp_path):
     assert "rckd_published" not in rows["resnet56"]  # nobody published RCKD numbers
 
 
+def test_main_table_states_schedules_that_differ_between_pairs(tmp_path):
+    """MLKD's protocol: its pairs train for 240, 480 or 960 epochs at their own lr. The caption names each
+    schedule with its pairs, and each pair's vanilla student is the one trained under its schedule."""
+    rows = [summary_row("", teacher, "ce", 0, accuracy, role="teacher")
+            for teacher, accuracy in (("resnet56", 72.0), ("resnet32x4", 79.0), ("wrn_40_2", 76.0))]
+    for teacher, student, epochs, lr, vanilla, mlkd in (("resnet56", "resnet20", 240, 0.025, 69.0, 71.0),
+                                                         ("resnet32x4", "shufflenetv1", 960, 0.01, 71.0, 77.0),
+                                                         ("wrn_40_2", "shufflenetv1", 480, 0.01, 70.0, 76.0)):
+        rows += [summary_row("", student, "ce", 0, vanilla, epochs=epochs, lr=lr),
+                 summary_row(teacher, student, "mlkd", 0, mlkd, epochs=epochs, lr=lr)]
+    markdown = tables.build_report("mlkd", "main", rows_from_csv(tmp_path, rows), "best", None,
+                                   tmp_path / "summary.csv")[0]
+    assert ("The distilled students train under different schedules, so compare pairs with care: "
+            "240 epochs at lr 0.025: resnet56 → resnet20; 480 epochs at lr 0.01: wrn_40_2 → shufflenetv1; "
+            "960 epochs at lr 0.01: resnet32x4 → shufflenetv1.") in markdown
+    lines = table_lines(markdown, "Main: best-epoch")
+    assert lines[2:] == ["| resnet32x4 → shufflenetv1 | 79.00 | 71.00 | **77.00** |",
+                         "| resnet56 → resnet20 | 72.00 | 69.00 | **71.00** |",
+                         "| wrn_40_2 → shufflenetv1 | 76.00 | 70.00 | **76.00** |"]
+    uniform = tables.build_report("main", "main", rows_from_csv(tmp_path, main_rows()), "best", None,
+                                  tmp_path / "summary.csv")[0]
+    assert "different schedules" not in uniform
+
+
 def test_published_sources_must_state_their_statistic(tmp_path):
     path = tmp_path / "published.yaml"
     path.write_text("sources: {repdistiller: {url: https://github.com/HobbitLong/RepDistiller}}\n"
@@ -222,7 +269,8 @@ def test_published_sources_must_state_their_statistic(tmp_path):
 def test_teacher_cells_show_the_teacher_run_that_was_used(tmp_path):
     # Two resnet56 teachers (seeds 0 and 1); every student learnt from seed 1's run. Its 76.00 is the
     # teacher cell, not the 74.00 mean of both seeds; the vanilla student stays a mean over its seeds.
-    rows = [summary_row("", "resnet56", "ce", 0, 72.0), summary_row("", "resnet56", "ce", 1, 76.0),
+    rows = [summary_row("", "resnet56", "ce", 0, 72.0, role="teacher"),
+            summary_row("", "resnet56", "ce", 1, 76.0, role="teacher"),
             summary_row("", "resnet20", "ce", 0, 69.0), summary_row("", "resnet20", "ce", 1, 70.0)]
     rows += [summary_row("resnet56", "resnet20", method, seed, 71.0 + seed, "T=4", tau=0.4, teacher_seed=1)
              for method in ("kd", "rckd") for seed in (0, 1)]
@@ -236,7 +284,7 @@ def test_teacher_cells_show_the_teacher_run_that_was_used(tmp_path):
     main_csv = tables.build_report("main", "main", summary_rows, "best", None, tmp_path / "summary.csv")[1]
     assert (main_csv[0]["teacher_top1_mean"], main_csv[0]["teacher_top1_n"]) == (76.0, 1)
     # A teacher run that is not in the summary is shown as missing, never replaced by another seed.
-    unused = [row for row in rows if (row["student"], row["seed"]) != ("resnet56", 1)]
+    unused = [row for row in rows if (row["arch"], row["seed"]) != ("resnet56", 1)]
     markdown = tables.build_report("main", "main", rows_from_csv(tmp_path, unused), "best", None,
                                    tmp_path / "summary.csv")[0]
     assert table_lines(markdown, "Main: best-epoch")[2].startswith("| resnet56 → resnet20 | — | 69.50 ± 0.71 |")
@@ -277,7 +325,7 @@ def rows_from_csv(tmp_path: Path, rows: list[dict]) -> list[dict]:
 def test_capacity_table_sorts_teachers_by_their_accuracy(tmp_path):
     rows = [summary_row("", "resnet20", "ce", 0, 69.0)]
     for teacher, accuracy in (("resnet32x4", 79.0), ("resnet110", 74.0), ("resnet56", 72.0)):
-        rows.append(summary_row("", teacher, "ce", 0, accuracy))
+        rows.append(summary_row("", teacher, "ce", 0, accuracy, role="teacher"))
         for seed in (0, 1):
             rows.append(summary_row(teacher, "resnet20", "kd", seed, 70.0 + seed, "T=4", tau=0.30 + 0.02 * seed))
             rows.append(summary_row(teacher, "resnet20", "rckd", seed, 71.0 + seed, "T=4", tau=0.50, best_tau=0.55))
@@ -295,7 +343,7 @@ def test_capacity_table_sorts_teachers_by_their_accuracy(tmp_path):
 
 
 def test_ablation_table_shows_what_varies(tmp_path):
-    rows = [summary_row("", "resnet8x4", "ce", 0, 72.0), summary_row("", "resnet32x4", "ce", 0, 79.0),
+    rows = [summary_row("", "resnet8x4", "ce", 0, 72.0), summary_row("", "resnet32x4", "ce", 0, 79.0, role="teacher"),
             summary_row("resnet32x4", "resnet8x4", "kd", 0, 73.0, "T=4,kd=0.9", tau=0.3)]
     for relation, rc, accuracy in (("rank", 1, 74.0), ("rank", 2, 74.5), ("prob_diff", 1, 73.5)):
         rows.append(summary_row("resnet32x4", "resnet8x4", "rckd", 0, accuracy, f"T=4,rc={rc},relation={relation}",
@@ -328,18 +376,22 @@ def test_each_plot_kind_writes_a_png(tmp_path, kind):
     runs = tmp_path / "runs"
     teachers = {"resnet56": make_run(runs, "t1", "resnet56", best=72.0),
                 "resnet110": make_run(runs, "t2", "resnet110", best=74.0)}
-    dirs = list(teachers.values())
+    dirs, roles = list(teachers.values()), ["teacher"] * len(teachers)
     for seed in (0, 1):
         dirs.append(make_run(runs, f"s{seed}", "resnet20", seed=seed, best=69.0 + seed))
+        roles.append("vanilla")
         for teacher, teacher_run in teachers.items():
             for method, gain in (("kd", 1.0), ("rckd", 2.0)):
                 dirs.append(make_run(runs, f"{teacher}-{method}-{seed}", "resnet20", method, teacher, seed,
                                      {"T": 4.0}, best=69.0 + gain + seed, tau=0.3 * gain, teacher_run=teacher_run))
+                roles.append("student")
     if kind == "ablation":  # a second RCKD setting, which only the ablation compares
         dirs.append(make_run(runs, "variant", "resnet20", "rckd", "resnet56", 0, {"T": 2.0}, best=70.0, tau=0.5,
                              teacher_run=teachers["resnet56"]))
+        roles.append("student")
     summary = tmp_path / "summary.csv"
-    assert cli(["summarize", "--experiment", "x", "--runs", *map(str, dirs), "--out", str(summary)]) == 0
+    assert cli(["summarize", "--experiment", "x", "--runs", *map(str, dirs), "--roles", *roles,
+                "--out", str(summary)]) == 0
     out = tmp_path / f"{kind}.png"
     assert cli(["plot", "--kind", kind, "--summary", str(summary), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -354,7 +406,7 @@ def test_each_plot_kind_writes_a_png(tmp_path, kind):
 def test_curves_need_the_histories(tmp_path, capsys):
     run = make_run(tmp_path, "kd", "resnet20", "kd", "resnet56", best=70.0)
     summary = tmp_path / "summary.csv"
-    write_csv(summary, summarize("x", [run]), COLUMNS)
+    write_csv(summary, summarize("x", [run], ["student"]), COLUMNS)
     (run / "history.csv").unlink()
     assert cli(["plot", "--kind", "curves", "--summary", str(summary), "--out", str(tmp_path / "c.png")]) == 2
     assert "history.csv" in capsys.readouterr().err

@@ -24,7 +24,7 @@ TAU_COLUMN = {"best": "best_tau_nt", "final": "tau_nt"}
 WEIGHTS = {"best": "the best epoch's weights", "final": "the final weights"}
 
 Row = dict[str, Any]  # one parsed summary.csv row (rckd.report.summary.read_summary)
-Groups = dict[tuple[str, str, str], dict[str, list[Row]]]  # (teacher, student, method) -> {params: rows}
+Groups = dict[tuple[str, str, str], dict[str, list[Row]]]  # (teacher, arch, method) -> {params: rows}
 
 
 def method_label(method: str) -> str:
@@ -65,42 +65,46 @@ def stat(values: Iterable[float | None]) -> Stat | None:
 
 
 def distilled_pairs(rows: list[Row]) -> list[tuple[str, str]]:
-    """Every (teacher, student) of the summary rows that have a teacher, sorted."""
-    return sorted({(row["teacher"], row["student"]) for row in rows if row["teacher"]})
+    """Every (teacher, student arch) of the distilled rows, sorted."""
+    return sorted({(row["teacher"], row["arch"]) for row in rows if row["role"] == "student"})
 
 
 def distill_methods(rows: list[Row]) -> list[str]:
-    """The methods of the rows that have a teacher, in paper order."""
-    return ordered_methods(row["method"] for row in rows if row["teacher"])
+    """The methods of the distilled rows, in paper order."""
+    return ordered_methods(row["method"] for row in rows if row["role"] == "student")
 
 
 def group_runs(rows: list[Row], one_setting: bool) -> Groups:
-    """(teacher, student, method) -> {params: rows}. With one_setting, a second params string for the
-    same (teacher, student, method) is an error: the main and capacity reports compare one setting."""
+    """(teacher, arch, method) -> {params: rows}. With one_setting, a second params string for the
+    same (teacher, arch, method) is an error: the main and capacity reports compare one setting."""
     groups: Groups = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        groups[row["teacher"], row["student"], row["method"]][row["params"]].append(row)
+        groups[row["teacher"], row["arch"], row["method"]][row["params"]].append(row)
     if one_setting:
-        for (teacher, student, method), settings in groups.items():
+        for (teacher, arch, method), settings in groups.items():
             if len(settings) > 1:
                 raise RckdError(
-                    f"{method} {teacher or 'without teacher'} -> {student} was run with {len(settings)} settings "
+                    f"{method} {teacher or 'without teacher'} -> {arch} was run with {len(settings)} settings "
                     f"{sorted(settings)}; this report compares one setting per method (use a sweep experiment)"
                 )
     return groups
 
 
-def runs_of(groups: Groups, teacher: str, student: str, method: str) -> list[Row]:
-    """Every run of (teacher, student, method), over all its settings; teacher "" for runs without one."""
-    return [row for setting in groups.get((teacher, student, method), {}).values() for row in setting]
+def runs_of(groups: Groups, teacher: str, arch: str, method: str) -> list[Row]:
+    """Every run of (teacher, arch, method), over all its settings; teacher "" for runs without one."""
+    return [row for setting in groups.get((teacher, arch, method), {}).values() for row in setting]
 
 
-def vanilla_runs(groups: Groups, arch: str) -> list[Row]:
-    """The runs of `arch` trained alone (`ce`) for as many epochs as its distilled students: the vanilla
-    student. (A teacher of the same architecture trained longer, train.teacher_epochs, is not one.)"""
-    student_epochs = {row["epochs"] for (teacher, student, _), settings in groups.items() if teacher and student == arch
-                      for rows in settings.values() for row in rows}
-    return [row for row in runs_of(groups, "", arch, "ce") if not student_epochs or row["epochs"] in student_epochs]
+def vanilla_runs(groups: Groups, arch: str, teacher: str = "") -> list[Row]:
+    """The vanilla student: the runs of `arch` in role vanilla (a teacher of the same architecture is
+    not one, unless the plan made it the same run). Given the pair's `teacher`, only those under the
+    schedule (epochs, lr) of the pair's distilled runs, beside which the plan trains them: pairs of one
+    student may train for different epochs (MLKD's)."""
+    schedules = {(row["epochs"], row["lr"]) for (pair_teacher, pair_arch, _), settings in groups.items()
+                 if teacher and (pair_teacher, pair_arch) == (teacher, arch)
+                 for setting in settings.values() for row in setting}
+    return [row for row in runs_of(groups, "", arch, "ce")
+            if row["role"] == "vanilla" and (not schedules or (row["epochs"], row["lr"]) in schedules)]
 
 
 def teacher_runs(groups: Groups, teacher: str, student: str) -> list[Row]:

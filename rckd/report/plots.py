@@ -117,7 +117,7 @@ def _figure_legend(figure: Figure, axes_list: list) -> None:
 def curves_figure(rows: list[Row], metric: str) -> Figure:
     pairs = distilled_pairs(rows)
     if not pairs:
-        raise RckdError("the summary has no distilled runs (rows with a teacher); nothing to plot as curves")
+        raise RckdError("the summary has no distilled runs (rows in role student); nothing to plot as curves")
     methods = distill_methods(rows)
     groups = group_runs(rows, one_setting=True)
     columns = min(PAIRS_PER_ROW, len(pairs))
@@ -127,7 +127,7 @@ def curves_figure(rows: list[Row], metric: str) -> Figure:
     for index, (teacher, student) in enumerate(pairs):
         panel_row, panel_column = index // columns, 2 * (index % columns)
         top1_axes, tau_axes = grid[panel_row][panel_column], grid[panel_row][panel_column + 1]
-        vanilla = vanilla_runs(groups, student)
+        vanilla = vanilla_runs(groups, student, teacher)
         if vanilla:
             _line(top1_axes, [read_history(row["run"]) for row in vanilla], "test_top1", "Vanilla student (CE)",
                   METHOD_COLORS["ce"], dashed=True)
@@ -170,7 +170,7 @@ def capacity_figure(rows: list[Row], metric: str) -> Figure:
     groups = group_runs(rows, one_setting=True)
     students = sorted({student for _, student in pairs})
     if not students:
-        raise RckdError("the summary has no distilled runs (rows with a teacher); nothing to plot for capacity")
+        raise RckdError("the summary has no distilled runs (rows in role student); nothing to plot for capacity")
     figure = Figure(figsize=(12, 4.4 * len(students) + 1.0), layout="constrained")
     grid = figure.subplots(len(students), 2, squeeze=False)
     for (top1_axes, tau_axes), student in zip(grid, students):
@@ -241,11 +241,11 @@ def ablation_figure(rows: list[Row], metric: str) -> Figure:
     column = TOP1_COLUMN[metric]
     pairs = distilled_pairs(rows)
     if not pairs:
-        raise RckdError("the summary has no distilled runs (rows with a teacher); nothing to plot for the ablation")
+        raise RckdError("the summary has no distilled runs (rows in role student); nothing to plot for the ablation")
     methods = distill_methods(rows)
     groups = group_runs(rows, one_setting=False)
     variants = {pair: sorted({(row["method"], row["params"]) for row in rows
-                              if (row["teacher"], row["student"]) == pair},
+                              if row["role"] == "student" and (row["teacher"], row["arch"]) == pair},
                              key=lambda variant: (methods.index(variant[0]), variant[1]))
                 for pair in pairs}
     height = sum(1.2 + 0.32 * len(pair_variants) for pair_variants in variants.values()) + 0.8
@@ -256,7 +256,7 @@ def ablation_figure(rows: list[Row], metric: str) -> Figure:
         teacher, student = pair
         variant_rows = [groups[teacher, student, method][params] for method, params in variants[pair]]
         colors = [method_color(method, methods) for method, _ in variants[pair]]
-        vanilla = stat(row[column] for row in vanilla_runs(groups, student))
+        vanilla = stat(row[column] for row in vanilla_runs(groups, student, teacher))
         _bars(top1_axes, [stat(row[column] for row in group) for group in variant_rows], colors, 2,
               None if vanilla is None else vanilla.mean)
         _bars(tau_axes, [stat(row[TAU_COLUMN[metric]] for row in group) for group in variant_rows], colors, 3)

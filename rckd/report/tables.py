@@ -96,9 +96,9 @@ def single_dataset(rows: list[Row], summary: Path) -> str:
     return datasets[0]
 
 
-def vanilla_stat(groups: Groups, arch: str, column: str) -> Stat | None:
-    """The vanilla student column: `arch` trained alone, over all its seeds."""
-    return stat(row[column] for row in vanilla_runs(groups, arch))
+def vanilla_stat(groups: Groups, arch: str, column: str, teacher: str = "") -> Stat | None:
+    """The vanilla student column: `arch` trained alone (beside the pair of `teacher`), over all its seeds."""
+    return stat(row[column] for row in vanilla_runs(groups, arch, teacher))
 
 
 def teacher_stat(groups: Groups, pair: tuple[str, str], column: str) -> Stat | None:
@@ -109,7 +109,7 @@ def teacher_stat(groups: Groups, pair: tuple[str, str], column: str) -> Stat | N
 
 def pair_cells(groups: Groups, pair: tuple[str, str], methods: list[str], column: str) -> dict[str, Stat | None]:
     """A main-table row: the teacher and the student trained alone, and the student under each method."""
-    return {"teacher": teacher_stat(groups, pair, column), "vanilla": vanilla_stat(groups, pair[1], column),
+    return {"teacher": teacher_stat(groups, pair, column), "vanilla": vanilla_stat(groups, pair[1], column, pair[0]),
             **{method: stat(row[column] for row in runs_of(groups, *pair, method)) for method in methods}}
 
 
@@ -211,8 +211,8 @@ class Paired:
 def paired(rows: list[Row], column: str, method: str, baseline: str) -> Paired:
     by_run: dict[tuple[str, str, str, int], float] = {}
     for row in rows:
-        if row["teacher"] and row["method"] in (method, baseline) and row[column] is not None:
-            by_run[row["method"], row["teacher"], row["student"], row["seed"]] = row[column]
+        if row["role"] == "student" and row["method"] in (method, baseline) and row[column] is not None:
+            by_run[row["method"], row["teacher"], row["arch"], row["seed"]] = row[column]
     matched = sorted(key[1:] for key in by_run if key[0] == method and (baseline, *key[1:]) in by_run)
     differences = tuple(by_run[(method, *key)] - by_run[(baseline, *key)] for key in matched)
     return Paired(method, baseline, differences, len({key[:2] for key in matched}))
@@ -310,8 +310,23 @@ def main_table(rows: list[Row], metric: str, published: PublishedSet | None) -> 
     header = ["Teacher → Student", "Teacher", "Vanilla student", *map(method_label, methods)]
     header += ["RCKD − KD"] if show_difference else []
     markdown = (f"### Main: {METRIC_NAME[metric]} test top-1 (%)\n\n{METRIC_NOTE[metric]} {legend(expected)} "
-                "Bold: the best student of the row.\n\n" + markdown_table(header, body))
+                f"Bold: the best student of the row.{schedule_note(rows)}\n\n" + markdown_table(header, body))
     return Section(markdown, csv_rows)
+
+
+def schedule_note(rows: list[Row]) -> str:
+    """A caption sentence naming each schedule (epochs, and lr where the summary has it) of the distilled
+    runs when they do not all train for the same number of epochs (e.g. MLKD's per-pair protocol), so
+    pairs are not compared as if trained alike; "" when they do."""
+    distilled = [row for row in rows if row["role"] == "student"]
+    if len({row["epochs"] for row in distilled}) < 2:
+        return ""
+    pairs_by_schedule: dict[str, set[str]] = {}
+    for row in sorted(distilled, key=lambda row: (row["epochs"], row["lr"] or 0.0)):
+        lr = "" if row["lr"] is None else f" at lr {row['lr']:g}"
+        pairs_by_schedule.setdefault(f"{row['epochs']} epochs{lr}", set()).add(f"{row['teacher']} → {row['arch']}")
+    schedules = "; ".join(f"{schedule}: {', '.join(sorted(pairs))}" for schedule, pairs in pairs_by_schedule.items())
+    return f" The distilled students train under different schedules, so compare pairs with care: {schedules}."
 
 
 def main_report(rows: list[Row], metric: str, published: PublishedSet | None) -> Section:
@@ -454,10 +469,10 @@ def ablation_table(rows: list[Row], metric: str, published: PublishedSet | None 
         tau = [stat(row[TAU_COLUMN[metric]] for row in setting_rows) for _, _, setting_rows in variants]
         expected_top1, expected_tau = expected_counts(top1), expected_counts(tau)
         top1_texts = bold_best(top1, [format_stat(cell, expected_n=expected_top1) for cell in top1])
+        vanilla = vanilla_stat(groups, student, column, teacher)
         body = [[teacher, "Teacher (CE)", NOT_APPLICABLE, format_stat(teacher_stat(groups, (teacher, student), column)),
                  NOT_APPLICABLE],
-                [student, method_label("ce"), NOT_APPLICABLE, format_stat(vanilla_stat(groups, student, column)),
-                 NOT_APPLICABLE]]
+                [student, method_label("ce"), NOT_APPLICABLE, format_stat(vanilla), NOT_APPLICABLE]]
         for (method, params, _), top1_text, top1_cell, tau_cell in zip(variants, top1_texts, top1, tau):
             values = parse_params(params)
             setting = ", ".join(f"{name}={values[name]}" for name in split[method][0] if name in values)

@@ -11,6 +11,7 @@ rule summarize:
     params:
         runs=lambda wildcards: " ".join(run.dir for _, run in PLAN.experiments[wildcards.experiment].runs),
         methods=lambda wildcards: " ".join(label for label, _ in PLAN.experiments[wildcards.experiment].runs),
+        roles=lambda wildcards: " ".join(run.role for _, run in PLAN.experiments[wildcards.experiment].runs),
     log:
         f"{LOGS}/summarize/{{experiment}}.log",
     benchmark:
@@ -23,7 +24,7 @@ rule summarize:
         runtime=10,
     shell:
         "python -m rckd summarize --experiment {wildcards.experiment} --runs {params.runs} "
-        "--methods {params.methods} --out {output} > {log} 2>&1"
+        "--roles {params.roles} --methods {params.methods} --out {output} > {log} 2>&1"
 
 
 rule table:
