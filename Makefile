@@ -43,7 +43,10 @@ test: $(VENV)/.installed system-packages  ## the test suite on CPU, without the 
 test-cluster: $(VENV)/.installed  ## the SLURM tests (root, Debian): installs, starts and stops a one-node cluster
 	$(BIN)/pytest -q -m cluster
 
-test-all: test test-cluster  ## both tiers (CI)
+# Both tiers at once: the SLURM tests mostly wait on the cluster's daemons and queue, so they overlap the
+# suite instead of following it (each tier's output is printed whole when it ends).
+test-all: $(VENV)/.installed system-packages  ## both tiers (CI)
+	$(MAKE) --no-print-directory -j2 --output-sync=target test test-cluster
 
 paper: $(VENV)/.installed  ## the paper's CIFAR-100 experiments in .venv (GPU; set CORES, GPU_SLOTS)
 	$(SNAKEMAKE) --resources gpu=$(GPU_SLOTS)
