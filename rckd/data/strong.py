@@ -15,6 +15,7 @@ The draws come from the batch source's torch.Generator, so a resumed run makes t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -70,9 +71,7 @@ def strong_view(images: Tensor, draws: StrongDraws, padding: int) -> Tensor:
         raise ValueError(f"the strong view takes uint8 RGB images [B, 3, H, W], got {images.dtype} "
                          f"{tuple(images.shape)}")
     view = crop_flip(images, draws.offsets, draws.flips, padding)
-    low = torch.tensor([low for low, _ in RANGES.values()], dtype=torch.float64, device=images.device)
-    span = torch.tensor([float(high - low) for low, high in RANGES.values()], dtype=torch.float64,
-                        device=images.device)
+    low, span = _on_device(images.device, "low"), _on_device(images.device, "span")
     for turn in range(OPS_PER_IMAGE):
         op = draws.ops[:, turn]
         view = apply_ops(view, op, low[op] + span[op] * draws.levels[:, turn])
@@ -86,8 +85,8 @@ def apply_ops(images: Tensor, ops: Tensor, magnitudes: Tensor) -> Tensor:
     (an affine matrix per image). An image of another family gets the identity table, a blend factor
     of 1 or the identity matrix, each an exact no-op."""
 
-    def drawn(family: dict) -> Tensor:
-        return torch.isin(ops, torch.tensor([OPS.index(name) for name in family], device=ops.device))
+    def drawn(family: str) -> Tensor:
+        return torch.isin(ops, _on_device(ops.device, family))
 
     def pick(family: dict, default: Tensor, *args) -> Tensor:
         for name, make in family.items():
@@ -97,12 +96,12 @@ def apply_ops(images: Tensor, ops: Tensor, magnitudes: Tensor) -> Tensor:
 
     identity_table = _values(images, torch.long).expand(*images.shape[:2], 256)
     mapped = _lookup(images, pick(TABLES, identity_table, images, magnitudes))
-    factors = torch.where(drawn(DEGENERATES), magnitudes, torch.ones_like(magnitudes))
+    factors = torch.where(drawn("degenerates"), magnitudes, torch.ones_like(magnitudes))
     blended = _blend(pick(DEGENERATES, images, images), images, factors)
     moved = affine(images, pick(MATRICES, _matrix(magnitudes), images.shape, magnitudes))
-    out = torch.where(_per_image(drawn(MATRICES)), moved, images)
-    out = torch.where(_per_image(drawn(DEGENERATES)), blended, out)
-    return torch.where(_per_image(drawn(TABLES)), mapped, out)
+    out = torch.where(_per_image(drawn("matrices")), moved, images)
+    out = torch.where(_per_image(drawn("degenerates")), blended, out)
+    return torch.where(_per_image(drawn("tables")), mapped, out)
 
 
 def _per_image(values: Tensor) -> Tensor:
@@ -287,5 +286,24 @@ def cutout(images: Tensor, draws: Tensor) -> Tensor:
     ys = torch.arange(height, device=images.device)[None, :, None]
     covered = ((xs >= left[:, None, None]) & (xs <= right[:, None, None]) & (ys >= top[:, None, None])
                & (ys <= bottom[:, None, None]) & (side > 0)[:, None, None])
-    fill = torch.tensor(CUTOUT_FILL, dtype=torch.uint8, device=images.device)[None, :, None, None]
+    fill = _on_device(images.device, "fill")[None, :, None, None]
     return torch.where(covered[:, None], fill, images)
+
+
+@functools.cache
+def _constants(device: torch.device) -> dict[str, Tensor]:
+    """The fixed tensors of the strong view on `device`, made once: a tensor built from a Python list
+    is a host-to-device copy, which every batch would otherwise pay (and wait for) again. Each family's
+    op indices are under its name (tables, degenerates, matrices)."""
+    families = {"tables": TABLES, "degenerates": DEGENERATES, "matrices": MATRICES}
+    return {
+        "low": torch.tensor([low for low, _ in RANGES.values()], dtype=torch.float64, device=device),
+        "span": torch.tensor([float(high - low) for low, high in RANGES.values()], dtype=torch.float64,
+                             device=device),
+        "fill": torch.tensor(CUTOUT_FILL, dtype=torch.uint8, device=device),
+        **{name: torch.tensor([OPS.index(op) for op in family], device=device) for name, family in families.items()},
+    }
+
+
+def _on_device(device: torch.device, name: str) -> Tensor:
+    return _constants(device)[name]
