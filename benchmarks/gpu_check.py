@@ -215,18 +215,16 @@ def problems(part: Part, done: subprocess.CompletedProcess | None) -> list[str]:
 
 
 def run_probes(parts: tuple[Part, ...]) -> list[subprocess.CompletedProcess | None]:
-    """Every part's probe, all at once (each imports torch: seconds apiece)."""
+    """Every part's probe, all at once, each distinct command once (each imports torch: seconds apiece)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
-    started = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               if (args := probe(part)) and (ROOT / part.script).exists() else None for part in parts]
-    results = []
-    for process in started:
-        if process is None:
-            results.append(None)
-            continue
+    commands = [tuple(args) if (args := probe(part)) and (ROOT / part.script).exists() else None for part in parts]
+    started = {args: subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True) for args in dict.fromkeys(commands) if args}
+    done = {}
+    for args, process in started.items():
         stdout, stderr = process.communicate(timeout=600)
-        results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
-    return results
+        done[args] = subprocess.CompletedProcess(list(args), process.returncode, stdout, stderr)
+    return [done.get(args) for args in commands]
 
 
 def plan(budget: float) -> int:

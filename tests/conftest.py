@@ -29,6 +29,18 @@ SIZE = 16  # every architecture maps any image size to logits; 16x16 keeps traci
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first, longest first (`@pytest.mark.slow(seconds)`, a rough cost): pytest-xdist deals
+    the first tests round-robin to its workers, so the long ones start at once, spread over the workers,
+    instead of one of them ending the run alone. The sort is stable: every other order is kept."""
+
+    def cost(item: pytest.Item) -> float:
+        slow = item.get_closest_marker("slow")
+        return 0.0 if slow is None else float(slow.args[0]) if slow.args else 60.0
+
+    items.sort(key=cost, reverse=True)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     """Test batches are tiny and gain nothing from threads; on a busy 2-core runner thread barriers

@@ -75,7 +75,7 @@ def test_onnxruntime_gpu_and_cpu_builds_never_meet():
     }
 
 
-@pytest.mark.slow
+@pytest.mark.slow(5)
 def test_the_post_deploy_script_installs_the_checkout_into_a_fresh_environment(tmp_path):
     """envs/rckd.post-deploy.sh, run as snakemake runs it after creating the conda env (the env's python
     first on PATH, RCKD_WORKFLOW set by common.smk): afterwards that python imports this checkout's rckd.

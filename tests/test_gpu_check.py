@@ -19,7 +19,7 @@ gpu_check = sys.modules.setdefault("gpu_check", importlib.util.module_from_spec(
 SPEC.loader.exec_module(gpu_check)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(15)
 def test_the_plan_checks_every_part_and_prints_the_order_and_budgets():
     env = {**os.environ, "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--plan"], env=env,
@@ -99,6 +99,7 @@ def test_without_a_gpu_nothing_else_runs_and_the_exit_status_is_2(tmp_path, monk
     assert list(json.loads((tmp_path / "out" / "gpu_check.json").read_text())["parts"]) == ["warmup"]
 
 
+@pytest.mark.slow(6)
 def test_the_whole_command_ends_within_its_budget(tmp_path, monkeypatch):
     """A part whose limit exceeds what is left gets only what is left (the kill grace kept out of it),
     and the parts after it are not started."""

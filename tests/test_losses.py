@@ -235,6 +235,7 @@ def test_rank_blocks_equal_the_unblocked_explicit_computation(monkeypatch):
         torch.testing.assert_close(blocked_grad, explicit_grad, atol=1e-9, rtol=0)
 
 
+@pytest.mark.slow(6)
 def test_rank_relation_b256_c1000_fits_in_1gib():
     """Forward + backward at B=256, C=1000 in a fresh process; its peak RSS growth must stay < 1 GiB.
 

@@ -14,7 +14,7 @@ from scipy import stats
 
 from helpers import SYNTHETIC, SYNTHETIC_TEST_IMAGES, option_args
 
-from rckd import data
+from rckd import data, report
 from rckd.checkpoint import load_model
 from rckd.cli import main as cli
 from rckd.errors import RckdError
@@ -27,6 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "config" / "published.yaml"
 EVAL_KEYS = {"top1", "top5", "nll", "ece", "agreement", "kl_t1", "kl_tm", "tau_all", "tau_nt", "top5_overlap"}
 
+
+
+def test_a_methods_column_title_names_its_loss_and_variant():
+    assert [report.method_label(method) for method in ("ce", "kd", "kd_ls", "dkd_ls", "kd_ctkd", "dist", "rckd")] == [
+        "Vanilla", "KD", "KD+LS", "DKD+LS", "KD+CTKD", "DIST", "RCKD"]
 
 def make_run(root: Path, name: str, arch: str, method: str = "ce", teacher: str | None = None, seed: int = 0,
              params: dict | None = None, best: float = 70.0, final: float | None = None, tau: float | None = None,

@@ -147,6 +147,7 @@ def test_without_the_tensorboard_package_the_run_stops_before_training_and_names
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow(15)
 def test_a_killed_run_resumes_to_the_same_weights_and_curves(data_root, teacher, tmp_path):
     """Killed after epoch 3 with resume.pt at epoch 2: the rerun repeats epoch 3 and ends with the
     whole run's weights, and TensorBoard shows each epoch once, from the rerun's history."""
@@ -295,6 +296,7 @@ def test_predict_logits_keeps_order_and_is_float32(data_root):
     torch.testing.assert_close(chunked, whole)
 
 
+@pytest.mark.slow(25)
 def test_the_compiled_step_has_no_graph_breaks_and_tracks_eager(data_root, teacher, tmp_path):
     """--compile default: inductor's CPU code for the student forward + loss as one fullgraph=True graph
     (a graph break would raise), its AOTAutograd backward, and the teacher; a few steps track eager."""
@@ -308,6 +310,7 @@ def test_the_compiled_step_has_no_graph_breaks_and_tracks_eager(data_root, teach
         assert float(row_compiled[key]) == pytest.approx(float(row_eager[key]), rel=1e-3, abs=1e-3), key
 
 
+@pytest.mark.slow(15)
 def test_sigterm_mid_epoch_writes_resume_and_the_rerun_ends_with_the_same_weights(data_root, teacher, tmp_path):
     """A CTKD run: its learned temperature (and its momentum) is part of what resumes bit for bit."""
     args = ["--arch", "resnet8", "--dataset", "synthetic", "--data-root", str(data_root), *OPTION_ARGS,
@@ -347,6 +350,7 @@ def test_sigterm_mid_epoch_writes_resume_and_the_rerun_ends_with_the_same_weight
     assert_curves_equal_history(stopped_dir)
 
 
+@pytest.mark.slow(5)
 def test_an_mlkd_run_stopped_mid_epoch_resumes_to_the_same_weights(data_root, teacher, tmp_path, monkeypatch):
     """The strong views' draws live in the batch source's generator: a run stopped after step 3 of epoch 2
     and resumed from resume.pt ends with the weights and history of one run straight through."""

@@ -204,6 +204,9 @@ class _Views(Dataset):
 
 
 def _loader(dataset: _Views, batches: list[list[Any]], workers: int, pin: bool) -> DataLoader:
+    if workers:  # imported here, before the fork: each worker would otherwise import them again (seconds)
+        import PIL.Image  # noqa: F401
+        import torchvision.transforms.v2.functional  # noqa: F401
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin,
                       prefetch_factor=4 if workers else None)
 
