@@ -9,6 +9,9 @@ GPU_SLOTS ?= 2
 SNAKEMAKE := $(BIN)/snakemake --cores $(CORES)
 # pytest-xdist workers of `make test` (0: one process); the session fixtures are built once either way.
 PYTEST_WORKERS ?= 2
+# Each worker takes the next test when it ends one (tests/conftest.py puts the longest first): xdist's
+# default hands out long runs of tests up front, which left one worker idle for the last 100 s.
+XDIST := -n $(PYTEST_WORKERS) --maxschedchunk 1
 
 .PHONY: demo test test-fast test-cluster test-all paper fashion report lint dry-run clean system-packages gpu-check
 # Debian packages the test suite uses: the real-image data set (Fashion-MNIST).
@@ -41,10 +44,10 @@ system-packages:  ## Debian packages the tests use (root: apt-get; else prints t
 	else echo "missing Debian packages: $$missing (sudo apt-get install $$missing)"; exit 1; fi
 
 test: $(VENV)/.installed system-packages  ## the test suite on CPU, without the SLURM cluster: starts no daemon
-	$(BIN)/pytest -q -m "not cluster" -n $(PYTEST_WORKERS)
+	$(BIN)/pytest -q -m "not cluster" $(XDIST)
 
 test-fast: $(VENV)/.installed system-packages  ## `make test` without the slow tests (marker slow): for iterating
-	$(BIN)/pytest -q -m "not cluster and not slow" -n $(PYTEST_WORKERS)
+	$(BIN)/pytest -q -m "not cluster and not slow" $(XDIST)
 
 test-cluster: $(VENV)/.installed  ## the SLURM tests (root, Debian): installs, starts and stops a one-node cluster
 	$(BIN)/pytest -q -m cluster

@@ -30,9 +30,10 @@ MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tests first, longest first (`@pytest.mark.slow(seconds)`, a rough cost): pytest-xdist deals
-    the first tests round-robin to its workers, so the long ones start at once, spread over the workers,
-    instead of one of them ending the run alone. The sort is stable: every other order is kept."""
+    """The slow tests first, longest first (`@pytest.mark.slow(seconds)`, a rough cost). Under the Makefile's
+    `--maxschedchunk 1` each pytest-xdist worker takes the next test when it ends one, so the long tests
+    spread over the workers and the short ones fill in at the end, instead of one worker ending the run
+    alone. The sort is stable: every other order is kept."""
 
     def cost(item: pytest.Item) -> float:
         slow = item.get_closest_marker("slow")
@@ -69,15 +70,22 @@ def _built_once(directory: Path, build: Callable[[Path], None], marker: str) -> 
 
 
 @pytest.fixture(scope="session")
-def synthetic_cache(tmp_path_factory) -> Callable[[dict], Path]:
+def built_once(tmp_path_factory) -> Callable[[str, Callable[[Path], None], str], Path]:
+    """`built_once(name, build, marker)`: the session's directory `name`, built by `build(directory)` once
+    for every worker unless its `marker` file exists (the last file `build` writes)."""
+    shared = _shared_dir(tmp_path_factory)
+    return lambda name, build, marker: _built_once(shared / name, build, marker)
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(built_once) -> Callable[[dict], Path]:
     """`synthetic_cache(options)`: a data root holding the prepared synthetic data set of `options`,
     one per distinct options for the whole session."""
-    shared = _shared_dir(tmp_path_factory) / "synthetic"
 
     def root(options: dict) -> Path:
         name = "-".join(f"{key}={value}" for key, value in sorted(options.items())) or "defaults"
-        return _built_once(shared / name, lambda where: data.prepare_cache("synthetic", where, **options),
-                           "synthetic.pt")
+        return built_once(f"synthetic/{name}", lambda where: data.prepare_cache("synthetic", where, **options),
+                          "synthetic.pt")
 
     return root
 
@@ -89,18 +97,18 @@ def synthetic_root(synthetic_cache) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_teacher(synthetic_root, tmp_path_factory) -> Path:
+def trained_teacher(synthetic_root, built_once) -> Path:
     """model.pt of a resnet14 trained for 6 epochs (lr decay after 5) on helpers.SYNTHETIC, in its run
     directory (history.csv, metrics.json, best.pt, spec.json)."""
 
     def build(out: Path) -> None:
         train(run_config(synthetic_root, out, arch="resnet14", epochs=6, milestones=(5,), tensorboard=False))
 
-    return _built_once(_shared_dir(tmp_path_factory) / "teacher", build, "model.pt") / "model.pt"
+    return built_once("teacher", build, "model.pt") / "model.pt"
 
 
 @pytest.fixture(scope="session")
-def trained_student(synthetic_root, trained_teacher, tmp_path_factory) -> Path:
+def trained_student(synthetic_root, trained_teacher, built_once) -> Path:
     """model.pt of a resnet8 distilled from `trained_teacher` with kd (default parameters) for 4 epochs
     (lr decay after 3) on helpers.SYNTHETIC, in its run directory."""
 
@@ -108,7 +116,7 @@ def trained_student(synthetic_root, trained_teacher, tmp_path_factory) -> Path:
         train(run_config(synthetic_root, out, method="kd", teacher=trained_teacher, epochs=4, milestones=(3,),
                          tensorboard=False))
 
-    return _built_once(_shared_dir(tmp_path_factory) / "student", build, "model.pt") / "model.pt"
+    return built_once("student", build, "model.pt") / "model.pt"
 
 
 def random_images(count: int, channels: int = 3, seed: int = 0) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 from helpers import read_history
 
 from rckd import data
+from rckd.cli import main as cli
 from rckd.data import imagefolder
 from rckd.data.augment import TrainBatches
 from rckd.data.options import make_options
@@ -31,11 +32,15 @@ SIZES = ["--data-option", "image_size=32", "--data-option", "resize_size=36"]
 OPTIONS = {"image_size": 32, "resize_size": 36}
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data")
-    write_image_folder(folder / "imagenet", make_options(FOLDER_OPTIONS))
-    return folder
+@pytest.fixture(scope="session")
+def root(built_once) -> Path:
+    """A data root holding the ImageFolder `imagenet` (read-only: a test that writes an index links it)."""
+
+    def build(where: Path) -> None:
+        write_image_folder(where / "imagenet", make_options(FOLDER_OPTIONS))
+        (where / "complete").touch()
+
+    return built_once("imagenet-folder", build, "complete")
 
 
 def _env() -> dict[str, str]:
@@ -62,12 +67,10 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-@pytest.fixture(scope="module")
-def one_process_probe(root, tmp_path_factory) -> Path:
+@pytest.fixture(scope="session")
+def one_process_probe(root, built_once) -> Path:
     """A linear_probe trained with CE by one process: the reference of the two-process run, and a teacher."""
-    out = tmp_path_factory.mktemp("probe") / "one"
-    _train(root, out, 1)
-    return out
+    return built_once("one-process-probe", lambda out: _train(root, out, 1), "model.pt")
 
 
 @pytest.mark.slow(10)
@@ -185,34 +188,29 @@ def test_train_and_test_views_follow_the_imagenet_recipe(root):
         assert h * w >= 0.08 * 1200 * 0.9 and 3 / 4 * 0.9 <= w / h <= 4 / 3 * 1.1
 
 
-def test_missing_imagenet_says_where_and_in_which_layout(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "rckd", "prepare", "--dataset", "imagenet", "--data-root",
-                           str(tmp_path)], env=_env(), capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert f"ImageNet not usable at {tmp_path.resolve()}/imagenet" in done.stderr
-    assert "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG" in done.stderr
+def test_missing_imagenet_says_where_and_in_which_layout(tmp_path, capsys):
+    prepare = ["prepare", "--dataset", "imagenet", "--data-root", str(tmp_path)]
+    assert cli(prepare) == 2
+    message = capsys.readouterr().err
+    assert f"ImageNet not usable at {tmp_path.resolve()}/imagenet" in message
+    assert "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG" in message
     (tmp_path / "imagenet" / "train" / "n01").mkdir(parents=True)
     (tmp_path / "imagenet" / "train" / "n01" / "a.JPEG").write_bytes(b"")
     (tmp_path / "imagenet" / "val" / "n02").mkdir(parents=True)
-    done = subprocess.run([sys.executable, "-m", "rckd", "prepare", "--dataset", "imagenet", "--data-root",
-                           str(tmp_path)], env=_env(), capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "other class folders than train/" in done.stderr
+    assert cli(prepare) == 2 and "other class folders than train/" in capsys.readouterr().err
 
 
-def test_index_is_checked_and_a_teacher_bank_is_refused(root, tmp_path):
-    index = imagefolder.write_index(root, "imagenet")
+def test_index_is_checked_and_a_teacher_bank_is_refused(root, tmp_path, capsys):
+    (tmp_path / "imagenet").symlink_to(root / "imagenet")
+    index = imagefolder.write_index(tmp_path, "imagenet")
     saved = torch.load(index, weights_only=True)
     assert saved["classes"] == sorted(saved["classes"]) and len(saved["train_files"]) == 96
-    tampered = tmp_path / "imagenet.pt"
-    torch.save({**saved, "train_labels": [0] * 96}, tampered)
-    (tmp_path / "imagenet").symlink_to(root / "imagenet")
+    torch.save({**saved, "train_labels": [0] * 96}, index)
     with pytest.raises(Exception, match="not a valid image index"):
         data.load_splits("imagenet", tmp_path)
-    done = subprocess.run([sys.executable, str(ENTRY), "train", "--arch", "resnet8", "--dataset", "imagenet",
-                           "--data-root", str(root), "--out", str(tmp_path / "x"), "--method", "kd",
-                           "--teacher", "t.pt", "--teacher-bank", "b.pt"], env=_env(), capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 2 and "no teacher bank" in done.stderr
+    assert cli(["train", "--arch", "resnet8", "--dataset", "imagenet", "--data-root", str(root), "--out",
+                str(tmp_path / "x"), "--method", "kd", "--teacher", "t.pt", "--teacher-bank", "b.pt"]) == 2
+    assert "no teacher bank" in capsys.readouterr().err
 
 
 def test_unequal_batch_split_is_refused(root, tmp_path):
